@@ -1,0 +1,1 @@
+"""cxr-fhir: AI chest X-ray assistant that speaks FHIR R4."""

@@ -1,0 +1,118 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.response import Response
+from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from .settings import Settings
+from .storage import migrate
+from .storage.db import make_engine
+from .storage.image_store import ImageStore
+
+log = logging.getLogger("cxr_fhir.app")
+
+
+@dataclass
+class Services:
+    """What request handlers may use; built once per app."""
+
+    settings: Settings
+    engine: Engine
+    images: ImageStore
+    # Filled in by the lifespan once the models are loaded (inference issue); None = not loaded.
+    models: Any = None
+    model_error: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@get("/health", sync_to_thread=False, include_in_schema=False)
+def health() -> dict[str, str]:
+    """The process is alive (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+@get("/ready", sync_to_thread=True, include_in_schema=False)
+def ready(state: State) -> Response[dict[str, Any]]:
+    """Ready to serve: database reachable, schema current, models loaded."""
+    services: Services = state.services
+    checks: dict[str, Any] = {}
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        checks["migrations"] = ("ok" if migrate.is_current(services.engine, services.settings.migrations_dir)
+                                else "pending: run 'cxr-fhir db upgrade'")
+    except Exception as exc:  # any driver error means not ready
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["migrations"] = "unknown"
+    if not services.settings.load_models:
+        checks["models"] = "disabled by CXR_LOAD_MODELS=false"
+    elif services.models is not None:
+        checks["models"] = "ok"
+    else:
+        checks["models"] = services.model_error or "not loaded"
+    checks["ehr_push"] = (f"enabled ({services.settings.ehr_base_url})" if services.settings.ehr_push_enabled
+                          else "disabled: CXR_EHR_BASE_URL is not set")
+    ok = (checks["database"] == "ok" and checks["migrations"] == "ok"
+          and (checks["models"] == "ok" or not services.settings.load_models))
+    return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+def _access_log(app: ASGIApp) -> ASGIApp:
+    """Log method, path, status and duration; never the query string (names and MRNs live there)."""
+    access = logging.getLogger("cxr_fhir.access")
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: dict[str, int] = {}
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            access.info("request", extra={"method": scope.get("method"), "path": scope.get("path"),
+                                          "status": status.get("code", 500),
+                                          "ms": round((time.perf_counter() - start) * 1000, 1)})
+
+    return middleware
+
+
+def create_app(settings: Settings) -> Litestar:
+    services = Services(settings=settings, engine=make_engine(settings.effective_database_url),
+                        images=ImageStore(settings.effective_image_store_dir))
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        log.info("startup", extra={"database": services.engine.dialect.name,
+                                   "ehr_push": settings.ehr_push_enabled})
+        try:
+            yield
+        finally:
+            services.engine.dispose()
+
+    return Litestar(
+        route_handlers=[health, ready],
+        state=State({"services": services}),
+        lifespan=[lifespan],
+        middleware=[_access_log],
+        logging_config=None,  # the process entry point (cli.py) configures JSON logging
+    )

@@ -1,0 +1,1 @@
+"""Users, passwords, API clients and scopes, audit."""

@@ -1,0 +1,64 @@
+"""One Settings object, read from ``CXR_*`` environment variables and passed in explicitly."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# src/cxr_fhir/settings.py -> project root (the package is installed editable from the checkout)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    runtime_dir: Path = Field(default=PROJECT_ROOT / "var", description="Runtime state: database, images, caches")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite file in runtime_dir")
+    image_store_dir: Path | None = Field(default=None, description="Content-addressed image store; default runtime_dir/images")
+    weights_dir: Path = Field(default=PROJECT_ROOT / "weights", description="Model weights and their manifest")
+    migrations_dir: Path = Field(default=PROJECT_ROOT / "migrations", description="Alembic scripts")
+    secret_key: str | None = Field(default=None, description="Signs sessions; default a random key kept in runtime_dir")
+    ehr_base_url: str | None = Field(default=None, description="FHIR base URL of the hospital EHR; unset = push disabled")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=80_000_000, gt=0, description="Decompression-bomb guard")
+    inference_threads: int = Field(default=2, ge=1)
+    load_models: bool = Field(default=True, description="Load the inference models at start-up")
+    log_level: str = "INFO"
+    secure_cookies: bool = False
+    hospital_mrn_system: str = "urn:oid:2.16.840.1.113883.3.9999.1"
+
+    @field_validator("runtime_dir", "weights_dir", "migrations_dir", "image_store_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return v.resolve() if v is not None else None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.runtime_dir / 'cxr-fhir.db'}"
+
+    @property
+    def effective_image_store_dir(self) -> Path:
+        return self.image_store_dir or self.runtime_dir / "images"
+
+    @property
+    def effective_secret_key(self) -> str:
+        """The configured key, else one generated once and kept (mode 0600) in the runtime folder."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.runtime_dir / "secret_key"
+        if not path.exists():
+            self.runtime_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    @property
+    def ehr_push_enabled(self) -> bool:
+        return bool(self.ehr_base_url)

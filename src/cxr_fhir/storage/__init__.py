@@ -1,0 +1,1 @@
+"""Persistence: engine and sessions, tables, repositories, the image store, migrations."""

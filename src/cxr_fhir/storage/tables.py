@@ -1,0 +1,193 @@
+"""The SQLModel tables. Alembic migrations in migrations/ must produce exactly this schema.
+
+Patients, studies and reports are *versioned resources*: every create, update and deletion
+writes a full snapshot to ``resource_version``, and deletion is a status with a timestamp and
+actor, never a row removal.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from .types import UTCDateTime, new_id, utcnow
+
+
+
+class VersionedFields(SQLModel):
+    """Columns every versioned resource carries (FHIR meta.versionId / meta.lastUpdated)."""
+
+    version_id: int = Field(default=1, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    deleted_by: str | None = Field(default=None, max_length=128)
+
+
+class Patient(VersionedFields, table=True):
+    __tablename__ = "patient"
+    __table_args__ = (Index("ix_patient_family_given", "family", "given"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    mrn: str = Field(index=True, max_length=64, description="Hospital medical record number")
+    mrn_system: str = Field(max_length=255)
+    family: str = Field(max_length=200)
+    given: str = Field(default="", max_length=200)
+    birth_date: date | None = Field(default=None)
+    sex: str = Field(default="unknown", max_length=16, description="FHIR administrative gender")
+    er_area: str | None = Field(default=None, max_length=64)
+    triage_level: int | None = Field(default=None, ge=1, le=5, description="ESI level 1 (resuscitation) .. 5")
+    attending_doctor: str | None = Field(default=None, max_length=200)
+    notes: str | None = Field(default=None)
+
+
+class Study(VersionedFields, table=True):
+    """One uploaded X-ray (a single-image ImagingStudy)."""
+
+    __tablename__ = "study"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    patient_id: str = Field(foreign_key="patient.id", index=True, max_length=64)
+    content_sha256: str = Field(index=True, min_length=64, max_length=64)
+    original_filename: str | None = Field(default=None, max_length=255)
+    media_type: str = Field(max_length=64)
+    size_bytes: int = Field(ge=0)
+    study_uid: str | None = Field(default=None, index=True, max_length=64)
+    series_uid: str | None = Field(default=None, max_length=64)
+    sop_instance_uid: str | None = Field(default=None, max_length=64)
+    sop_class_uid: str | None = Field(default=None, max_length=64)
+    accession_number: str | None = Field(default=None, max_length=64)
+    modality: str | None = Field(default=None, max_length=16)
+    view_position: str | None = Field(default=None, max_length=16)
+    acquired_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    width: int | None = Field(default=None)
+    height: int | None = Field(default=None)
+    status: str = Field(default="received", max_length=16, index=True,
+                        description="received | queued | analyzing | analyzed | failed")
+    failure_reason: str | None = Field(default=None)
+    uploaded_by: str | None = Field(default=None, max_length=128)
+
+
+class Analysis(SQLModel, table=True):
+    """The output of one inference run; immutable once written."""
+
+    __tablename__ = "analysis"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    study_id: str = Field(foreign_key="study.id", index=True, max_length=64)
+    model_name: str = Field(max_length=128)
+    model_version: str = Field(max_length=64)
+    manifest_sha256: str = Field(max_length=64)
+    probabilities: dict = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    top3: list = Field(default_factory=list, sa_type=JSON, nullable=False)
+    boxes: list = Field(default_factory=list, sa_type=JSON, nullable=False)
+    priority: str = Field(max_length=16, index=True)
+    heatmap_sha256: str | None = Field(default=None, max_length=64)
+    timings_ms: dict = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Report(VersionedFields, table=True):
+    """The DiagnosticReport for a study."""
+
+    __tablename__ = "report"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    study_id: str = Field(foreign_key="study.id", index=True, max_length=64)
+    analysis_id: str = Field(foreign_key="analysis.id", max_length=64)
+    status: str = Field(default="preliminary", max_length=16, index=True,
+                        description="preliminary | final | amended | cancelled")
+    conclusion: str = Field(default="")
+    issued: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    confirmed_by: str | None = Field(default=None, max_length=128)
+    confirmed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class ResourceVersion(SQLModel, table=True):
+    """Every version of every versioned resource (FHIR _history / vread)."""
+
+    __tablename__ = "resource_version"
+    __table_args__ = (UniqueConstraint("resource_type", "resource_id", "version_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    resource_type: str = Field(max_length=32)
+    resource_id: str = Field(max_length=64, index=True)
+    version_id: int
+    operation: str = Field(max_length=8, description="create | update | delete")
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
+    actor: str | None = Field(default=None, max_length=128)
+    content: dict = Field(sa_type=JSON, nullable=False)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "app_user"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    username: str = Field(unique=True, max_length=64)
+    password_hash: str = Field(max_length=255)
+    role: str = Field(max_length=16, description="doctor | admin")
+    display_name: str | None = Field(default=None, max_length=200)
+    disabled: bool = Field(default=False)
+    failed_logins: int = Field(default=0)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class ApiClient(SQLModel, table=True):
+    """A FHIR API client; only the SHA-256 of its bearer token is kept."""
+
+    __tablename__ = "api_client"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    name: str = Field(unique=True, max_length=128)
+    token_sha256: str = Field(unique=True, max_length=64)
+    scopes: list = Field(default_factory=list, sa_type=JSON, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    created_by: str | None = Field(default=None, max_length=128)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only record of every access to patient data (served as FHIR AuditEvent)."""
+
+    __tablename__ = "audit_event"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    recorded: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True)
+    action: str = Field(max_length=1, description="C | R | U | D | E")
+    subtype: str = Field(max_length=32, description="read, search, login, delivery ...")
+    outcome: str = Field(default="0", max_length=2, description="FHIR AuditEvent outcome: 0, 4, 8, 12")
+    agent_type: str = Field(max_length=16, description="user | client | system")
+    agent_id: str | None = Field(default=None, max_length=128, index=True)
+    source_ip: str | None = Field(default=None, max_length=64)
+    entity_type: str | None = Field(default=None, max_length=32)
+    entity_id: str | None = Field(default=None, max_length=64, index=True)
+    query: str | None = Field(default=None)
+    detail: str | None = Field(default=None)
+
+
+class OutboxDelivery(SQLModel, table=True):
+    """A pending push of a report version to the EHR, written in the report's own transaction."""
+
+    __tablename__ = "outbox_delivery"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    report_id: str = Field(foreign_key="report.id", index=True, max_length=64)
+    report_version: int
+    status: str = Field(default="pending", max_length=16, description="pending | delivered | dead")
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    last_error: str | None = Field(default=None)
+    ehr_response: dict | None = Field(default=None, sa_type=JSON, nullable=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+VERSIONED: dict[str, type[VersionedFields]] = {"Patient": Patient, "Study": Study, "Report": Report}

@@ -1,0 +1,107 @@
+"""The storage layer on both databases: versioned create/read/update, history, soft delete."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.errors import Gone, NotFound, VersionConflict
+from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
+from cxr_fhir.storage.tables import Patient, ResourceVersion, Study
+
+
+def _patient(**kw) -> Patient:
+    base = dict(mrn="MRN-001", mrn_system="urn:oid:1.2.3", family="Doe", given="Jane",
+                birth_date=date(1970, 5, 1), sex="female", er_area="resus", triage_level=2)
+    base.update(kw)
+    return Patient(**base)
+
+
+def test_create_read_update_keeps_every_version(engine):
+    with session_scope(engine) as s:
+        p = PatientRepository(s).create(_patient(), actor="dr.house")
+        pid = p.id
+        assert p.version_id == 1
+
+    with session_scope(engine) as s:
+        repo = PatientRepository(s)
+        p = repo.get(pid)
+        assert (p.family, p.birth_date, p.created_at.tzinfo is not None) == ("Doe", date(1970, 5, 1), True)
+        updated = repo.update(pid, {"family": "Smith", "triage_level": 1}, actor="dr.cuddy", expected_version=1)
+        assert updated.version_id == 2
+
+    with session_scope(engine) as s:
+        repo = PatientRepository(s)
+        assert repo.get(pid).family == "Smith"
+        history = repo.history(pid)
+        assert [h.version_id for h in history] == [2, 1]
+        assert history[1].content["family"] == "Doe" and history[1].actor == "dr.house"
+        assert history[0].content["family"] == "Smith" and history[0].operation == "update"
+        assert repo.version(pid, 1).content["triage_level"] == 2
+
+
+def test_stale_version_is_refused_and_nothing_changes(engine):
+    with session_scope(engine) as s:
+        pid = PatientRepository(s).create(_patient(), actor="a").id
+    with session_scope(engine) as s:
+        PatientRepository(s).update(pid, {"given": "Janet"}, actor="a")
+    with pytest.raises(VersionConflict):
+        with session_scope(engine) as s:
+            PatientRepository(s).update(pid, {"given": "Joan"}, actor="b", expected_version=1)
+    with session_scope(engine) as s:
+        p = PatientRepository(s).get(pid)
+        assert (p.given, p.version_id) == ("Janet", 2)
+
+
+def test_soft_delete_keeps_row_and_history(engine):
+    with session_scope(engine) as s:
+        pid = PatientRepository(s).create(_patient(), actor="a").id
+    with session_scope(engine) as s:
+        d = PatientRepository(s).soft_delete(pid, actor="dr.who")
+        assert d.deleted_by == "dr.who" and d.version_id == 2
+        PatientRepository(s).soft_delete(pid, actor="dr.who")  # idempotent
+    with session_scope(engine) as s:
+        repo = PatientRepository(s)
+        with pytest.raises(Gone):
+            repo.get(pid)
+        assert repo.get(pid, include_deleted=True).deleted_at is not None
+        assert [h.operation for h in repo.history(pid)] == ["delete", "create"]
+        assert repo.by_mrn("MRN-001") is None
+        with pytest.raises(Gone):
+            repo.update(pid, {"family": "X"}, actor="a")
+        with pytest.raises(NotFound):
+            repo.get("no-such-id")
+
+
+def test_patient_search_and_study_foreign_key(engine):
+    with session_scope(engine) as s:
+        repo = PatientRepository(s)
+        a = repo.create(_patient(mrn="A1", family="Alvarez", er_area="resus"), actor="a")
+        repo.create(_patient(mrn="B2", family="Brown", er_area="minors", triage_level=4), actor="a")
+        StudyRepository(s).create(Study(patient_id=a.id, content_sha256="a" * 64, media_type="image/png",
+                                        size_bytes=10), actor="a")
+    with session_scope(engine) as s:
+        repo = PatientRepository(s)
+        rows, total = repo.search("alv")
+        assert total == 1 and rows[0].mrn == "A1"
+        rows, total = repo.search("b2")
+        assert [r.family for r in rows] == ["Brown"]
+        assert repo.search(er_area="minors")[1] == 1 and repo.search(triage_level=2)[1] == 1
+        assert len(StudyRepository(s).for_patient(a.id)) == 1
+        assert s.exec(select(ResourceVersion).where(ResourceVersion.resource_type == "Study")).first() is not None
+    with pytest.raises(IntegrityError):  # foreign keys are enforced on SQLite too
+        with session_scope(engine) as s:
+            StudyRepository(s).create(Study(patient_id="missing", content_sha256="b" * 64,
+                                            media_type="image/png", size_bytes=1), actor="a")
+
+
+def test_managed_fields_cannot_be_overwritten(engine):
+    with session_scope(engine) as s:
+        pid = PatientRepository(s).create(_patient(), actor="a").id
+    with pytest.raises(ValueError):
+        with session_scope(engine) as s:
+            PatientRepository(s).update(pid, {"version_id": 99}, actor="a")
