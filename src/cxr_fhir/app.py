@@ -70,6 +70,20 @@ def ready(state: State) -> Response[dict[str, Any]]:
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
 
+def load_models(services: Services) -> None:
+    """Load and warm the models once; on failure the service stays up but never becomes ready."""
+    from .inference.pipeline import Pipeline
+    from .inference.registry import ModelRegistryError
+
+    settings = services.settings
+    try:
+        services.models = Pipeline(settings.weights_dir, settings.runtime_dir, settings.inference_threads)
+        log.info("models loaded", extra={"model": services.models.model_info})
+    except (ModelRegistryError, KeyError, ValueError) as exc:
+        services.model_error = f"models not loaded: {exc}"
+        log.error("models not loaded", extra={"reason": str(exc)})
+
+
 def _access_log(app: ASGIApp) -> ASGIApp:
     """Log method, path, status and duration; never the query string (names and MRNs live there)."""
     access = logging.getLogger("cxr_fhir.access")
@@ -104,6 +118,8 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.info("startup", extra={"database": services.engine.dialect.name,
                                    "ehr_push": settings.ehr_push_enabled})
+        if settings.load_models:
+            load_models(services)
         try:
             yield
         finally:

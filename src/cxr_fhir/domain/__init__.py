@@ -1,0 +1,1 @@
+"""Pure-Python domain: the findings catalogue, triage rules, report wording."""

@@ -1,0 +1,6 @@
+"""Bytes -> a validated, normalised radiograph with its metadata, or a rejection with a reason."""
+
+from .errors import ImageRejected
+from .loader import XRayImage, load, load_path
+
+__all__ = ["ImageRejected", "XRayImage", "load", "load_path"]

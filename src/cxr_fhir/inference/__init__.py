@@ -1,0 +1,1 @@
+"""The ML behind one small interface: ``Pipeline.run(XRayImage) -> Analysis``. No HTTP, no FHIR here."""

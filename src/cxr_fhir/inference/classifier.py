@@ -1,0 +1,84 @@
+"""The 14-finding classifier: a (seed-ensembled) timm backbone with calibrated outputs and Grad-CAM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+
+from .outputs import calibrate, report_probabilities
+from .preprocess import normalise, resize_square
+from .registry import ModelRegistryError, verified_file
+
+
+@dataclass
+class ClassifierOutput:
+    probabilities: dict[str, float]     # the 14 findings, calibrated
+    cams: dict[str, np.ndarray]         # finding -> (h, w) Grad-CAM in [0, 1], for the requested findings
+
+
+class Classifier:
+    def __init__(self, weights_dir: Path, entry: dict[str, Any]):
+        self.entry = entry
+        self.outputs: list[str] = entry["outputs"]
+        self.findings: list[str] = entry["findings"]
+        self.size = int(entry["input_size"])
+        self.mean = float(entry["normalisation"]["mean"])
+        self.std = float(entry["normalisation"]["std"])
+        self.platt = entry["calibration"]["params"]
+        self.mix: dict[str, list[str]] = entry.get("mix", {})
+        self.thresholds: dict[str, float] = entry["thresholds"]
+        self.members = []
+        for file_entry in entry["files"]:
+            path = verified_file(weights_dir, file_entry)
+            model = timm.create_model(entry["architecture"], pretrained=False, in_chans=entry.get("in_chans", 1),
+                                      num_classes=len(self.outputs))
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except Exception as exc:
+                raise ModelRegistryError(f"weight file {path.name} does not fit {entry['architecture']}: {exc}") from exc
+            self.members.append(model.eval())
+
+    def input_tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(normalise(resize_square(pixels, self.size), self.mean, self.std))[None, None]
+
+    def predict(self, pixels: np.ndarray, cam_for: int = 3) -> ClassifierOutput:
+        """Probabilities for all 14, and Grad-CAMs for the ``cam_for`` most likely findings.
+
+        Grad-CAM is cheap here: the backbone runs once per member; gradients flow through the
+        head alone, from the logits back to the last feature map.
+        """
+        x = self.input_tensor(pixels)
+        feats, logits = [], []
+        with torch.no_grad():
+            for m in self.members:
+                f = m.forward_features(x)
+                feats.append(f)
+        for m, f in zip(self.members, feats):
+            f.requires_grad_(True)
+            logits.append(m.forward_head(f))
+        mean_logits = torch.stack(logits).mean(0)[0]
+        probs = calibrate(mean_logits.detach().numpy()[None], self.platt)
+        reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}
+        top = sorted(reported, key=reported.get, reverse=True)[:cam_for]
+        cams = {}
+        for name in top:
+            out = self._cam_output(name, probs[0])
+            grads = torch.autograd.grad(mean_logits[out], feats, retain_graph=True)
+            cam = sum(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(1))[0] for g, f in zip(grads, feats))
+            cam = cam.detach().numpy()
+            cams[name] = cam / cam.max() if cam.max() > 0 else cam
+        return ClassifierOutput(probabilities=reported, cams=cams)
+
+    def _cam_output(self, name: str, probs: np.ndarray) -> int:
+        """The output behind a finding; for a mixed finding, the one its gate favours."""
+        if name in self.mix:
+            gate, specialist = self.mix[name]
+            if probs[self.outputs.index(gate)] >= 0.5:
+                return self.outputs.index(specialist)
+        return self.outputs.index(name)

@@ -1,0 +1,101 @@
+"""image -> Analysis: plausibility gate, classifier, Grad-CAM, detector, triage. Models load once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..domain.triage import load_rules, triage
+from ..imaging import XRayImage
+from ..imaging.plausibility import check_chest_radiograph
+from .classifier import Classifier
+from .detector import Detector
+from .heatmap import boxes_from_cam, overlay_png
+from .registry import manifest_sha256, read_manifest
+
+
+@dataclass
+class Analysis:
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    top3: list[dict[str, Any]]
+    boxes: list[dict[str, Any]]
+    priority: str
+    priority_reasons: list[str]
+    model: dict[str, Any]
+    heatmaps: dict[str, np.ndarray] = field(repr=False)
+    overlays: dict[str, bytes] = field(default_factory=dict, repr=False)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The plain-data view (what `cxr-fhir analyze --json` prints and storage keeps)."""
+        return {"probabilities": self.probabilities, "thresholds": self.thresholds, "top3": self.top3,
+                "boxes": self.boxes, "priority": self.priority, "priority_reasons": self.priority_reasons,
+                "model": self.model, "timings_ms": self.timings_ms}
+
+
+class Pipeline:
+    def __init__(self, weights_dir: Path, runtime_dir: Path, threads: int = 2):
+        torch.set_num_threads(threads)
+        manifest = read_manifest(weights_dir)
+        self.classifier = Classifier(weights_dir, manifest["classifier"])
+        self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
+        gate = manifest["classifier"]["plausibility"]
+        self.template = np.asarray(gate["template"], dtype=np.float32)
+        self.min_correlation = float(gate["min_correlation"])
+        self.rules = load_rules()
+        self.model_info = {
+            "name": manifest["classifier"]["name"], "version": manifest["classifier"]["version"],
+            "manifest_sha256": manifest_sha256(weights_dir),
+            "classifier": manifest["classifier"]["architecture"],
+            "detector": manifest["detector"]["architecture"] if self.detector else None,
+        }
+        # torch modules are not re-entrant with autograd (Grad-CAM); one image at a time per pipeline.
+        self._lock = threading.Lock()
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One throw-away run so the first patient does not pay for lazy initialisation."""
+        yy, xx = np.mgrid[0:512, 0:512] / 512.0
+        fake = XRayImage(pixels=(0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32),
+                         media_type="image/png", bits=8)
+        self.run(fake, check_plausible=False, render_overlays=True)
+
+    def run(self, image: XRayImage, check_plausible: bool = True, render_overlays: bool = True) -> Analysis:
+        with self._lock:
+            return self._run(image, check_plausible, render_overlays)
+
+    def _run(self, image: XRayImage, check_plausible: bool, render_overlays: bool) -> Analysis:
+        t = {}
+        start = time.perf_counter()
+        if check_plausible:
+            check_chest_radiograph(image.pixels, self.template, self.min_correlation)
+        out = self.classifier.predict(image.pixels, cam_for=3)
+        t["classify_ms"] = (time.perf_counter() - start) * 1000
+        mark = time.perf_counter()
+        boxes = self.detector.detect(image.pixels) if self.detector else []
+        t["detect_ms"] = (time.perf_counter() - mark) * 1000
+        mark = time.perf_counter()
+        thresholds = self.classifier.thresholds
+        probs = {k: round(v, 4) for k, v in out.probabilities.items()}
+        ranked = sorted(probs, key=probs.get, reverse=True)[:3]
+        top3 = [{"finding": k, "probability": probs[k], "threshold": round(thresholds[k], 4),
+                 "present": probs[k] >= thresholds[k]} for k in ranked]
+        for item in top3:
+            if item["present"] and not any(b["finding"] == item["finding"] for b in boxes):
+                boxes += boxes_from_cam(out.cams[item["finding"]], image.width, image.height,
+                                        item["finding"], item["probability"])
+        overlays = ({k: overlay_png(image.pixels, out.cams[k]) for k in ranked} if render_overlays else {})
+        t["heatmap_ms"] = (time.perf_counter() - mark) * 1000
+        result = triage(probs, thresholds, boxes, float(image.width * image.height), self.rules)
+        t["total_ms"] = (time.perf_counter() - start) * 1000
+        return Analysis(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
+                        top3=top3, boxes=boxes, priority=result.priority, priority_reasons=result.reasons,
+                        model=self.model_info, heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
+                        timings_ms={k: round(v, 1) for k, v in t.items()})
