@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar, Request, get
@@ -34,7 +34,6 @@ class Services:
     # Filled in by the lifespan once the models are loaded (inference issue); None = not loaded.
     models: Any = None
     model_error: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @get("/health", sync_to_thread=False, include_in_schema=False)

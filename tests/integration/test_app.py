@@ -41,3 +41,14 @@ def test_access_log_never_writes_query_strings(settings, caplog):
     records = [r for r in caplog.records if r.name == "cxr_fhir.access"]
     assert records and records[0].path == "/health" and records[0].status == 200
     assert "Jane" not in caplog.text and "MRN-777" not in caplog.text
+
+
+def test_missing_weights_keep_the_service_unready_with_the_reason(settings, tmp_path):
+    migrate.upgrade(make_engine(settings.effective_database_url), settings.migrations_dir)
+    settings.load_models = True
+    settings.weights_dir = tmp_path / "no-weights"
+    with TestClient(app=create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+        r = client.get("/ready")
+        assert r.status_code == 503
+        assert "no model manifest" in r.json()["checks"]["models"]

@@ -19,6 +19,7 @@ from .registry import ModelRegistryError, verified_file
 class ClassifierOutput:
     probabilities: dict[str, float]     # the 14 findings, calibrated
     cams: dict[str, np.ndarray]         # finding -> (h, w) Grad-CAM in [0, 1], for the requested findings
+    outputs: dict[str, float]           # every model output, calibrated (incl. pediatric head and gate)
 
 
 class Classifier:
@@ -73,7 +74,8 @@ class Classifier:
             cam = sum(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(1))[0] for g, f in zip(grads, feats))
             cam = cam.detach().numpy()
             cams[name] = cam / cam.max() if cam.max() > 0 else cam
-        return ClassifierOutput(probabilities=reported, cams=cams)
+        return ClassifierOutput(probabilities=reported, cams=cams,
+                                outputs={k: float(v) for k, v in zip(self.outputs, probs[0])})
 
     def _cam_output(self, name: str, probs: np.ndarray) -> int:
         """The output behind a finding; for a mixed finding, the one its gate favours."""

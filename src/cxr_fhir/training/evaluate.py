@@ -15,7 +15,7 @@ from ..inference.classifier import Classifier
 from ..inference.detector import Detector
 from ..inference.registry import read_manifest
 from . import metrics
-from .datasets import PEDIATRIC_PNEUMONIA, OUTPUTS, Sample, is_validation
+from .datasets import OUTPUTS, PEDIATRIC_DOMAIN, PEDIATRIC_PNEUMONIA, Sample, is_validation
 from .detector import ORIGINAL_SIDE, read_boxes
 
 IOU_HIT = 0.25
@@ -76,7 +76,7 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
     det = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
     expert = read_boxes(boxes_csv) if boxes_csv else {}
 
-    probs, labels, sources = [], [], []
+    probs, labels, sources, raw = [], [], [], []
     det_preds: dict[str, list] = {n: [] for n in FINDING_NAMES}
     det_truth: dict[str, dict[int, list]] = {n: {} for n in FINDING_NAMES}
     hits = {"boxes": 0, "boxes_hit": 0, "pointing_hit": 0}
@@ -86,6 +86,7 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
         wanted = sorted({t[0] for t in truths})
         result = clf.predict(image.pixels, cam_for=0)
         probs.append([result.probabilities[n] for n in FINDING_NAMES])
+        raw.append([result.outputs[n] for n in OUTPUTS])
         labels.append(s.labels)
         sources.append(s.source)
         if not truths:
@@ -120,12 +121,27 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
     mean_ci = _mean_auroc_ci(labels_a[nih, :14], probs_a[nih], bootstrap)
     ker = src == "kermany"
     ky, kp = labels_a[ker, OUTPUTS.index(PEDIATRIC_PNEUMONIA)], probs_a[ker, FINDING_NAMES.index("Pneumonia")]
+    raw_a = np.asarray(raw)
+    ny = labels_a[nih, FINDING_NAMES.index("Pneumonia")]
+    domain_y = np.concatenate([np.zeros(int(nih.sum())), np.ones(int(ker.sum()))])
+    domain_p = np.concatenate([raw_a[nih, OUTPUTS.index(PEDIATRIC_DOMAIN)], raw_a[ker, OUTPUTS.index(PEDIATRIC_DOMAIN)]])
+    # Why pneumonia has two outputs: each head measured on each population.
+    pneumonia_heads = {
+        "adult_head_on_nih": metrics.auroc(ny, raw_a[nih, OUTPUTS.index("Pneumonia")]),
+        "pediatric_head_on_nih": metrics.auroc(ny, raw_a[nih, OUTPUTS.index(PEDIATRIC_PNEUMONIA)]),
+        "adult_head_on_kermany": metrics.auroc(ky, raw_a[ker, OUTPUTS.index("Pneumonia")]),
+        "pediatric_head_on_kermany": metrics.auroc(ky, raw_a[ker, OUTPUTS.index(PEDIATRIC_PNEUMONIA)]),
+        "mixed_on_nih": per["Pneumonia"]["auroc"],
+        "mixed_on_kermany": metrics.auroc(ky, kp),
+        "domain_gate_auroc": metrics.auroc(domain_y, domain_p),
+    }
     report = {
         "split": split, "images": len(chosen), "nih_images": int(nih.sum()), "kermany_images": int(ker.sum()),
         "model": {"classifier": manifest["classifier"]["version"], "files": [f["path"] for f in manifest["classifier"]["files"]]},
         "per_finding": per, "mean_auroc": float(np.mean(valid)) if valid else None, "mean_auroc_ci95": mean_ci,
         "kermany_pneumonia": {"auroc": metrics.auroc(ky, kp), "ci95": metrics.bootstrap_auroc(ky, kp, bootstrap),
                               "n": int(ker.sum()), "positives": int(np.nansum(ky)) if ker.any() else 0},
+        "pneumonia_heads": pneumonia_heads,
     }
     if hits["boxes"]:
         aps = {n: average_precision(det_preds[n], det_truth[n]) for n in FINDING_NAMES}
@@ -202,6 +218,8 @@ def _markdown(r: dict) -> str:
         ci = f"{m['ci95'][0]:.3f}–{m['ci95'][1]:.3f}" if m["ci95"] else "n/a"
         lines.append(f"| {name} | {_fmt(m['auroc'])} | {ci} | {m['positives']} / {m['n']} | {m['threshold']:.3f} "
                      f"| {_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |")
+    heads = r["pneumonia_heads"]
+    lines += ["", "Pneumonia outputs (AUROC): " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in heads.items())]
     if "localisation" in r:
         loc = r["localisation"]
         lines += ["", f"Localisation on {loc['images_with_expert_boxes']} images with {loc['expert_boxes']} expert boxes: "
