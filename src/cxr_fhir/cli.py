@@ -71,6 +71,16 @@ def _cmd_train_classifier(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_train_gate(args: argparse.Namespace, settings: Settings) -> int:
+    from .training.gate import fit_gate
+
+    samples, _ = _read_samples(args.nih, args.kermany, args.labels)
+    section = fit_gate(samples, Path(args.weights_dir or settings.weights_dir), " ".join(["cxr-fhir"] + sys.argv[1:]),
+                       prototypes=args.prototypes)
+    print(f"gate: {section['validation']}, threshold {section['min_similarity']}")
+    return 0
+
+
 def _cmd_train_detector(args: argparse.Namespace, settings: Settings) -> int:
     from .training.datasets import find_label_table
     from .training.detector import DetectorConfig, train_detector
@@ -267,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     clf.add_argument("--threads", type=int, default=2)
     clf.add_argument("--weights-dir", help="where to write (default CXR_WEIGHTS_DIR)")
     clf.set_defaults(func=_cmd_train_classifier)
+
+    gate = train_sub.add_parser("gate", help="the chest-radiograph plausibility gate")
+    gate.add_argument("--nih", nargs="*", default=[], help="NIH-layout image folders (full resolution)")
+    gate.add_argument("--kermany", nargs="*", default=[], help="folder-per-class roots")
+    gate.add_argument("--labels", help="the NIH Data_Entry_2017 table, when not beside the images")
+    gate.add_argument("--prototypes", type=int, default=16)
+    gate.add_argument("--weights-dir", help="where to write (default CXR_WEIGHTS_DIR)")
+    gate.set_defaults(func=_cmd_train_gate)
 
     det = train_sub.add_parser("detector", help="the YOLO lesion detector")
     det.add_argument("--nih", nargs="+", required=True,

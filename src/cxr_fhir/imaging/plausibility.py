@@ -1,8 +1,9 @@
-"""Is this plausibly a chest radiograph? Correlation of a thumbnail with the mean training radiograph.
+"""Is this plausibly a chest radiograph? Similarity of a thumbnail to prototype radiographs.
 
-Colour photographs are refused earlier by the loader; this catches greyscale non-chest images
-(documents, natural scenes, other body parts with a different layout). The template and the
-minimum correlation come from the classifier's manifest entry.
+Colour photographs are refused earlier by the loader; this catches greyscale images that are not
+chest films (documents, natural scenes, textures). The prototypes are k-means centres of training
+thumbnails, so portable AP films, collimated films and pediatric films each have their own; they
+and the minimum similarity come from the ``gate`` entry of the weights manifest.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import numpy as np
 from .errors import ImageRejected
 
 
-def chest_correlation(pixels: np.ndarray, template: np.ndarray) -> float:
-    size = template.shape[0]
-    thumb = cv2.resize(pixels.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_AREA).ravel()
-    a, t = thumb - thumb.mean(), template.ravel() - template.mean()
-    return float(a @ t / (np.linalg.norm(a) * np.linalg.norm(t) + 1e-8))
+def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Zero-mean, unit-norm (size*size,) vector: invariant to brightness and contrast."""
+    t = cv2.resize(pixels.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_AREA).ravel()
+    t = t - t.mean()
+    return t / (np.linalg.norm(t) + 1e-8)
 
 
-def check_chest_radiograph(pixels: np.ndarray, template: np.ndarray, min_correlation: float) -> float:
-    score = chest_correlation(pixels, template)
-    if score < min_correlation:
+def similarity(pixels: np.ndarray, prototypes: np.ndarray) -> float:
+    """Highest correlation with any prototype (rows: unit vectors)."""
+    size = int(round(np.sqrt(prototypes.shape[1])))
+    return float((prototypes @ thumbnail(pixels, size)).max())
+
+
+def check_chest_radiograph(pixels: np.ndarray, prototypes: np.ndarray, min_similarity: float) -> float:
+    score = similarity(pixels, prototypes)
+    if score < min_similarity:
         raise ImageRejected("not-a-chest-radiograph",
                             f"this does not look like a frontal chest radiograph (similarity {score:.2f} "
-                            f"< {min_correlation:.2f})")
+                            f"< {min_similarity:.2f})")
     return score

@@ -17,7 +17,7 @@ from ..imaging.plausibility import check_chest_radiograph
 from .classifier import Classifier
 from .detector import Detector
 from .heatmap import boxes_from_cam, overlay_png
-from .registry import manifest_sha256, read_manifest
+from .registry import ModelRegistryError, manifest_sha256, read_manifest
 
 
 @dataclass
@@ -46,9 +46,11 @@ class Pipeline:
         manifest = read_manifest(weights_dir)
         self.classifier = Classifier(weights_dir, manifest["classifier"])
         self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
-        gate = manifest["classifier"]["plausibility"]
-        self.template = np.asarray(gate["template"], dtype=np.float32)
-        self.min_correlation = float(gate["min_correlation"])
+        gate = manifest.get("gate")
+        if gate is None:
+            raise ModelRegistryError("the model manifest has no 'gate' entry: run 'cxr-fhir train gate'")
+        self.prototypes = np.asarray(gate["prototypes"], dtype=np.float32)
+        self.min_similarity = float(gate["min_similarity"])
         self.rules = load_rules()
         self.model_info = {
             "name": manifest["classifier"]["name"], "version": manifest["classifier"]["version"],
@@ -75,7 +77,7 @@ class Pipeline:
         t = {}
         start = time.perf_counter()
         if check_plausible:
-            check_chest_radiograph(image.pixels, self.template, self.min_correlation)
+            check_chest_radiograph(image.pixels, self.prototypes, self.min_similarity)
         out = self.classifier.predict(image.pixels, cam_for=3)
         t["classify_ms"] = (time.perf_counter() - start) * 1000
         mark = time.perf_counter()

@@ -68,6 +68,7 @@ def write_manifest_section(weights_dir: Path, name: str, content: dict[str, Any]
     manifest = json.loads(path.read_text()) if path.exists() else {"schema": 1}
     manifest[name] = content
     fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".manifest-")
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; the manifest is meant to be read by all
     with os.fdopen(fd, "w") as fh:
         json.dump(manifest, fh, indent=1)
         fh.write("\n")

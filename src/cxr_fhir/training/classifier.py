@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from ..domain.findings import FINDING_NAMES
 from ..imaging import ImageRejected, load_path
-from ..imaging.plausibility import chest_correlation
 from ..inference.outputs import calibrate, report_probabilities
 from ..inference.preprocess import normalise, resize_square
 from ..inference.registry import write_manifest_section
@@ -29,7 +28,6 @@ from .datasets import OUTPUTS, PEDIATRIC_DOMAIN, PEDIATRIC_PNEUMONIA, Sample, sp
 log = logging.getLogger("cxr_fhir.training")
 
 MIX = {"Pneumonia": [PEDIATRIC_DOMAIN, PEDIATRIC_PNEUMONIA]}
-PLAUSIBILITY_SIZE = 32
 
 
 @dataclass
@@ -176,11 +174,6 @@ def train_one(cfg: ClassifierConfig, seed: int, train_x: np.ndarray, train_y: np
     return model, {"seed": seed, "best_epoch": best_epoch, "best_val_mean_auroc": best_score, "history": history}
 
 
-def plausibility_template(images: np.ndarray) -> np.ndarray:
-    small = np.stack([resize_square(im.astype(np.float32) / 255.0, PLAUSIBILITY_SIZE) for im in images])
-    return small.mean(0)
-
-
 def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: Path, cache_dir: Path | None,
                      command: str, data_description: dict) -> dict:
     torch.set_num_threads(cfg.threads)
@@ -206,12 +199,6 @@ def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: 
                   for j, name in enumerate(FINDING_NAMES)}
     val_metrics = evaluate_outputs(val_logits, val_y, val_src, platt)
 
-    # Plausibility gate: correlation of a 32 px thumbnail with the mean training radiograph.
-    template = plausibility_template(train_x[train_src != "nih64"])
-    val_corr = np.array([chest_correlation(v.astype(np.float32) / 255.0, template)
-                         for v in val_x[val_src != "nih64"]])
-    min_corr = float(np.percentile(val_corr, 0.5)) - 0.05
-
     weights_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for model, seed in zip(members, cfg.seeds):
@@ -232,8 +219,6 @@ def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: 
         "files": files,
         "calibration": {"method": "platt", "params": platt},
         "thresholds": thresholds,
-        "plausibility": {"size": PLAUSIBILITY_SIZE, "min_correlation": round(min_corr, 4),
-                         "template": np.round(template, 4).tolist()},
         "training": {"command": command, "config": asdict(cfg), "data": data_description,
                      "split": f"patient-wise, {cfg.val_fraction:.0%} of patients to validation (seed {cfg.split_seed})",
                      "train_images": len(train), "validation_images": len(val), "runs": runs},
