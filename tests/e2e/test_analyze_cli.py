@@ -27,3 +27,15 @@ def test_analyze_json_lines_in_input_order(shared_data, tmp_path):
         assert set(line["probabilities"]) == set(FINDING_NAMES)
         assert len(line["top3"]) == 3 and line["priority"] in {"routine", "urgent", "stat"}
         assert isinstance(line["boxes"], list) and line["model"]["version"]
+
+
+def test_bench_reports_every_stage(shared_data, tmp_path):
+    image = str(sorted((shared_data / "nih" / "originals").glob("*.png"))[0])
+    proc = subprocess.run([str(Path(sys.executable).parent / "cxr-fhir"), "bench", image, "--repeat", "2"],
+                          env={**os.environ, "CXR_RUNTIME_DIR": str(tmp_path / "var")},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["runs"] == 2
+    for stage in ("decode_ms", "classify_ms", "detect_ms", "heatmap_ms", "end_to_end_ms"):
+        assert summary[stage]["median"] > 0

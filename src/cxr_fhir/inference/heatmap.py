@@ -5,20 +5,25 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-OVERLAY_MAX_SIDE = 1024
+OVERLAY_MAX_SIDE = 512
 
 
-def overlay_png(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> bytes:
-    """The radiograph (at most 1024 px a side) with a jet-coloured heatmap blended over it, as PNG."""
+def display_base(pixels: np.ndarray) -> np.ndarray:
+    """The radiograph as 8-bit BGR at display size (at most 512 px a side), shared by all overlays."""
     h, w = pixels.shape
     scale = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    grey = cv2.resize((pixels * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
-    heat = cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_CUBIC).clip(0, 1)
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    weight = (alpha * heat)[..., None]  # transparent where the model did not look
-    blended = (base * (1 - weight) + colour * weight).astype(np.uint8)
+    grey = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(cv2.convertScaleAbs(grey, alpha=255.0), cv2.COLOR_GRAY2BGR)
+
+
+def overlay_png(base: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> bytes:
+    """A jet-coloured heatmap blended over the display radiograph (see display_base), as PNG."""
+    h, w = base.shape[:2]
+    heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    colour = cv2.applyColorMap(cv2.convertScaleAbs(heat, alpha=255.0), cv2.COLORMAP_JET)
+    weight = cv2.cvtColor(alpha * heat, cv2.COLOR_GRAY2BGR)  # transparent where the model did not look
+    blended = cv2.convertScaleAbs(base * (1 - weight) + colour * weight)
     ok, png = cv2.imencode(".png", blended, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("PNG encoding failed")

@@ -16,7 +16,7 @@ from ..imaging import XRayImage
 from ..imaging.plausibility import check_chest_radiograph
 from .classifier import Classifier
 from .detector import Detector
-from .heatmap import boxes_from_cam, overlay_png
+from .heatmap import boxes_from_cam, display_base, overlay_png
 from .registry import ModelRegistryError, manifest_sha256, read_manifest
 
 
@@ -93,7 +93,11 @@ class Pipeline:
             if item["present"] and not any(b["finding"] == item["finding"] for b in boxes):
                 boxes += boxes_from_cam(out.cams[item["finding"]], image.width, image.height,
                                         item["finding"], item["probability"])
-        overlays = ({k: overlay_png(image.pixels, out.cams[k]) for k in ranked} if render_overlays else {})
+        if render_overlays:
+            base = display_base(image.pixels)
+            overlays = {k: overlay_png(base, out.cams[k]) for k in ranked}
+        else:
+            overlays = {}
         t["heatmap_ms"] = (time.perf_counter() - mark) * 1000
         result = triage(probs, thresholds, boxes, float(image.width * image.height), self.rules)
         t["total_ms"] = (time.perf_counter() - start) * 1000
