@@ -33,6 +33,8 @@ class Classifier:
         self.platt = entry["calibration"]["params"]
         self.mix: dict[str, list[str]] = entry.get("mix", {})
         self.thresholds: dict[str, float] = entry["thresholds"]
+        # The calibration was fitted on logits computed under the same precision: keep them equal.
+        self.bf16 = entry.get("precision", "float32") == "bfloat16"
         self.members = []
         for file_entry in entry["files"]:
             path = verified_file(weights_dir, file_entry)
@@ -43,7 +45,7 @@ class Classifier:
                 model.load_state_dict(state)
             except Exception as exc:
                 raise ModelRegistryError(f"weight file {path.name} does not fit {entry['architecture']}: {exc}") from exc
-            self.members.append(model.eval())
+            self.members.append(model.eval().to(memory_format=torch.channels_last))
 
     def input_tensor(self, pixels: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(normalise(resize_square(pixels, self.size), self.mean, self.std))[None, None]
@@ -54,15 +56,15 @@ class Classifier:
         Grad-CAM is cheap here: the backbone runs once per member; gradients flow through the
         head alone, from the logits back to the last feature map.
         """
-        x = self.input_tensor(pixels)
+        x = self.input_tensor(pixels).contiguous(memory_format=torch.channels_last)
         feats, logits = [], []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             for m in self.members:
-                f = m.forward_features(x)
-                feats.append(f)
+                feats.append(m.forward_features(x).float())
         for m, f in zip(self.members, feats):
             f.requires_grad_(True)
-            logits.append(m.forward_head(f))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                logits.append(m.forward_head(f).float())
         mean_logits = torch.stack(logits).mean(0)[0]
         probs = calibrate(mean_logits.detach().numpy()[None], self.platt)
         reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,10 @@ class Analysis:
 
 class Pipeline:
     def __init__(self, weights_dir: Path, runtime_dir: Path, threads: int = 2):
-        torch.set_num_threads(threads)
         manifest = read_manifest(weights_dir)
         self.classifier = Classifier(weights_dir, manifest["classifier"])
         self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
+        self.threads = threads
         gate = manifest.get("gate")
         if gate is None:
             raise ModelRegistryError("the model manifest has no 'gate' entry: run 'cxr-fhir train gate'")
@@ -60,6 +61,7 @@ class Pipeline:
         }
         # torch modules are not re-entrant with autograd (Grad-CAM); one image at a time per pipeline.
         self._lock = threading.Lock()
+        self._encoders = ThreadPoolExecutor(max_workers=3, thread_name_prefix="overlay")
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -74,6 +76,9 @@ class Pipeline:
             return self._run(image, check_plausible, render_overlays)
 
     def _run(self, image: XRayImage, check_plausible: bool, render_overlays: bool) -> Analysis:
+        # Ultralytics sets torch to (cores - 1) threads when it loads and predicts: take them back.
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         t = {}
         start = time.perf_counter()
         if check_plausible:
@@ -95,7 +100,8 @@ class Pipeline:
                                         item["finding"], item["probability"])
         if render_overlays:
             base = display_base(image.pixels)
-            overlays = {k: overlay_png(base, out.cams[k]) for k in ranked}
+            # OpenCV releases the GIL while encoding: the three PNGs are made side by side.
+            overlays = dict(zip(ranked, self._encoders.map(lambda k: overlay_png(base, out.cams[k]), ranked)))
         else:
             overlays = {}
         t["heatmap_ms"] = (time.perf_counter() - mark) * 1000

@@ -213,6 +213,7 @@ def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: 
         "in_chans": 1,
         "input_size": cfg.size,
         "normalisation": {"mean": cfg.mean, "std": cfg.std, "input_range": [0.0, 1.0]},
+        "precision": "bfloat16" if cfg.bf16 else "float32",
         "outputs": list(OUTPUTS),
         "findings": list(FINDING_NAMES),
         "mix": MIX,
