@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,3 +32,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # uvicorn's access log writes raw URLs, whose query strings can carry names and MRNs.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic announces its dialect on every schema check (/ready): keep only its warnings.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -43,7 +43,7 @@ def average_precision(preds: list[tuple[float, int, tuple]], truths: dict[int, l
         return None
     used = {k: [False] * len(v) for k, v in truths.items()}
     tp = []
-    for score, img, box in sorted(preds, key=lambda p: -p[0]):
+    for _score, img, box in sorted(preds, key=lambda p: -p[0]):
         cands = truths.get(img, [])
         best, best_j = 0.0, -1
         for j, t in enumerate(cands):
