@@ -55,3 +55,35 @@ def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_0002_keeps_the_heatmap_reference_of_existing_analyses(db_url):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    now = "2026-01-01 00:00:00+00:00"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO patient (id, mrn, mrn_system, family, given, sex, version_id, created_at, "
+                          "updated_at) VALUES ('p1', 'M1', 's', 'Doe', 'J', 'female', 1, :t, :t)"), {"t": now})
+        conn.execute(text("INSERT INTO study (id, patient_id, content_sha256, media_type, size_bytes, status, "
+                          "version_id, created_at, updated_at) VALUES ('s1', 'p1', :h, 'image/png', 1, 'analyzed', "
+                          "1, :t, :t)"), {"h": "a" * 64, "t": now})
+        conn.execute(text("INSERT INTO analysis (id, study_id, model_name, model_version, manifest_sha256, "
+                          "probabilities, top3, boxes, priority, heatmap_sha256, timings_ms, created_at) VALUES "
+                          "('a1', 's1', 'm', '1', 'x', '{}', :top3, '[]', 'routine', :h, '{}', :t)"),
+                     {"top3": '[{"finding": "Effusion"}]', "h": "b" * 64, "t": now})
+    migrate.upgrade(engine, MIGRATIONS)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT overlays, thresholds, priority_reasons FROM analysis WHERE id = 'a1'")).one()
+    import json
+
+    decoded = [json.loads(v) if isinstance(v, str) else v for v in row]
+    assert decoded == [{"Effusion": "b" * 64}, {}, []]
+    engine.dispose()

@@ -71,6 +71,10 @@ class Pipeline:
                          media_type="image/png", bits=8)
         self.run(fake, check_plausible=False, render_overlays=True)
 
+    def check_plausible(self, image: XRayImage) -> None:
+        """Raise ImageRejected when the image is not plausibly a chest radiograph."""
+        check_chest_radiograph(image.pixels, self.prototypes, self.min_similarity)
+
     def run(self, image: XRayImage, check_plausible: bool = True, render_overlays: bool = True) -> Analysis:
         with self._lock:
             return self._run(image, check_plausible, render_overlays)
@@ -82,7 +86,7 @@ class Pipeline:
         t = {}
         start = time.perf_counter()
         if check_plausible:
-            check_chest_radiograph(image.pixels, self.prototypes, self.min_similarity)
+            self.check_plausible(image)
         out = self.classifier.predict(image.pixels, cam_for=3)
         t["classify_ms"] = (time.perf_counter() - start) * 1000
         mark = time.perf_counter()

@@ -84,7 +84,11 @@ class Analysis(SQLModel, table=True):
     top3: list = Field(default_factory=list, sa_type=JSON, nullable=False)
     boxes: list = Field(default_factory=list, sa_type=JSON, nullable=False)
     priority: str = Field(max_length=16, index=True)
-    heatmap_sha256: str | None = Field(default=None, max_length=64)
+    priority_reasons: list = Field(default_factory=list, sa_type=JSON, nullable=False)
+    thresholds: dict = Field(default_factory=dict, sa_type=JSON, nullable=False,
+                             description="operating thresholds in force when this ran")
+    overlays: dict = Field(default_factory=dict, sa_type=JSON, nullable=False,
+                           description="finding -> SHA-256 of its heatmap overlay PNG in the image store")
     timings_ms: dict = Field(default_factory=dict, sa_type=JSON, nullable=False)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

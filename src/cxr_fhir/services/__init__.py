@@ -1,0 +1,1 @@
+"""Application services: the use cases that join imaging, inference, domain and storage."""

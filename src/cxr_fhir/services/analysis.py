@@ -1,0 +1,97 @@
+"""One upload, end to end: validate, store, analyse, report. Used by the web pages and FHIR $analyze.
+
+Nothing is stored for a refused image. A stored study always has its file (the file is written
+first and removed again if its row cannot be written), and ends either analysed, with its analysis
+and preliminary report, or failed, with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from ..domain.report import conclusion
+from ..imaging import ImageRejected, XRayImage, load
+from ..inference.pipeline import Pipeline
+from ..storage.db import session_scope
+from ..storage.image_store import ImageStore
+from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
+from ..storage.tables import Analysis, OutboxDelivery, Report, Study
+
+log = logging.getLogger("cxr_fhir.analysis")
+
+
+@dataclass
+class Uploaded:
+    study: Study
+    analysis: Analysis | None
+    report: Report | None
+
+
+class AnalysisService:
+    def __init__(self, engine: Engine, images: ImageStore, pipeline: Pipeline, push_enabled: bool,
+                 max_image_pixels: int):
+        self.engine, self.images, self.pipeline = engine, images, pipeline
+        self.push_enabled, self.max_image_pixels = push_enabled, max_image_pixels
+
+    def upload(self, patient_id: str, data: bytes, filename: str | None, actor: str) -> Uploaded:
+        """Raises ImageRejected (nothing stored) or storage NotFound/Gone for the patient."""
+        image = load(data, self.max_image_pixels)
+        self.pipeline.check_plausible(image)
+        study = self._store(patient_id, image, data, filename, actor)
+        try:
+            result = self.pipeline.run(image, check_plausible=False)
+        except Exception as exc:  # one image's failure must not take the service down
+            log.exception("analysis failed", extra={"study": study.id})
+            with session_scope(self.engine) as s:
+                study = StudyRepository(s).update(study.id, {"status": "failed",
+                                                             "failure_reason": f"analysis failed: {type(exc).__name__}"},
+                                                  actor="system")
+            return Uploaded(study, None, None)
+        overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
+        with session_scope(self.engine) as s:
+            analysis = Analysis(study_id=study.id, model_name=result.model["name"],
+                                model_version=result.model["version"], manifest_sha256=result.model["manifest_sha256"],
+                                probabilities=result.probabilities, top3=result.top3, boxes=result.boxes,
+                                priority=result.priority, priority_reasons=result.priority_reasons,
+                                thresholds=result.thresholds, overlays=overlays, timings_ms=result.timings_ms)
+            s.add(analysis)
+            s.flush()
+            report = ReportRepository(s).create(
+                Report(study_id=study.id, analysis_id=analysis.id,
+                       conclusion=conclusion(result.top3, result.priority, result.priority_reasons)), actor="system")
+            if self.push_enabled:
+                s.add(OutboxDelivery(report_id=report.id, report_version=report.version_id))
+            study = StudyRepository(s).update(study.id, {"status": "analyzed"}, actor="system")
+        log.info("study analysed", extra={"study": study.id, "priority": result.priority,
+                                          "ms": result.timings_ms.get("total_ms")})
+        return Uploaded(study, analysis, report)
+
+    def _store(self, patient_id: str, image: XRayImage, data: bytes, filename: str | None, actor: str) -> Study:
+        md = image.metadata
+        digest_existed = False
+        digest = None
+        try:
+            with session_scope(self.engine) as s:
+                PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
+                digest = hashlib.sha256(data).hexdigest()
+                digest_existed = self.images.exists(digest)
+                self.images.put(data)
+                return StudyRepository(s).create(Study(
+                    patient_id=patient_id, content_sha256=digest, original_filename=(filename or None),
+                    media_type=image.media_type, size_bytes=len(data), study_uid=md.get("study_uid"),
+                    series_uid=md.get("series_uid"), sop_instance_uid=md.get("sop_instance_uid"),
+                    sop_class_uid=md.get("sop_class_uid"), accession_number=md.get("accession_number"),
+                    modality=md.get("modality") or "DX", view_position=md.get("view_position"),
+                    acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
+                    status="analyzing", uploaded_by=actor), actor=actor)
+        except BaseException:
+            if digest and not digest_existed:
+                self.images.delete(digest)  # no file without its row
+            raise
+
+
+__all__ = ["AnalysisService", "ImageRejected", "Uploaded"]
