@@ -215,6 +215,33 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_clients(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlmodel import select
+
+    from .security.clients import ClientError, create_client, revoke_client
+    from .storage.db import make_engine, session_scope
+    from .storage.tables import ApiClient
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with session_scope(engine) as session:
+            if args.clients_command == "create":
+                client, token = create_client(session, args.name, args.scope, created_by="cli")
+                print(f"created client {client.name} with scopes {' '.join(client.scopes)}")
+                print(f"token (shown once, keep it secret): {token}")
+            elif args.clients_command == "revoke":
+                client = revoke_client(session, args.name)
+                print(f"revoked client {client.name}")
+            else:
+                for c in session.exec(select(ApiClient).order_by(ApiClient.name)).all():
+                    state = f"revoked {c.revoked_at:%Y-%m-%d %H:%M}" if c.revoked_at else "active"
+                    print(f"{c.name}\t{state}\t{' '.join(c.scopes)}")
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-fhir", description="AI chest X-ray assistant that speaks FHIR R4")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["admin", "doctor"], required=True)
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     create.set_defaults(func=_cmd_users_create)
+
+    clients = sub.add_parser("clients", help="FHIR API clients and their bearer tokens")
+    clients_sub = clients.add_subparsers(dest="clients_command", required=True)
+    c_create = clients_sub.add_parser("create", help="create a client; prints its token once")
+    c_create.add_argument("name")
+    c_create.add_argument("--scope", action="append", required=True,
+                          help="system/<Resource|*>.<read|write|*>; repeat for several")
+    c_revoke = clients_sub.add_parser("revoke", help="revoke a client's token")
+    c_revoke.add_argument("name")
+    clients_sub.add_parser("list", help="list clients and their scopes")
+    clients.set_defaults(func=_cmd_clients)
 
     analyze = sub.add_parser("analyze", help="analyse chest X-ray files (models loaded once)")
     analyze.add_argument("files", nargs="+")

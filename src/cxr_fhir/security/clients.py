@@ -1,0 +1,76 @@
+"""FHIR API clients: bearer tokens (only their SHA-256 is kept) carrying SMART-style system scopes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from sqlmodel import Session, select
+
+from ..storage.tables import ApiClient
+from ..storage.types import utcnow
+
+# SMART v1 system scopes: system/<ResourceType or *>.<read | write | *>
+_SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|write|\*)$")
+TOKEN_PREFIX = "cxr_"
+
+
+class ClientError(ValueError):
+    pass
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def validate_scopes(scopes: list[str]) -> list[str]:
+    bad = [s for s in scopes if not _SCOPE.fullmatch(s)]
+    if bad or not scopes:
+        raise ClientError(f"invalid scope(s) {bad or '(none)'}: use system/<Resource|*>.<read|write|*>")
+    return sorted(set(scopes))
+
+
+def create_client(session: Session, name: str, scopes: list[str], created_by: str | None) -> tuple[ApiClient, str]:
+    """Returns the client and its token; the token is shown once and never stored."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
+        raise ClientError("name: 1-128 letters, digits, '.', '_' or '-'")
+    if session.exec(select(ApiClient).where(ApiClient.name == name)).first() is not None:
+        raise ClientError(f"client {name!r} already exists")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    client = ApiClient(name=name, token_sha256=_digest(token), scopes=validate_scopes(scopes), created_by=created_by)
+    session.add(client)
+    session.flush()
+    return client, token
+
+
+def authenticate(session: Session, token: str) -> ApiClient | None:
+    """The active client holding this token, or None."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    digest = _digest(token)
+    client = session.exec(select(ApiClient).where(ApiClient.token_sha256 == digest)).first()
+    # Looking up the digest, not the token, leaks nothing useful through timing.
+    if client is None or client.revoked_at is not None:
+        return None
+    return client
+
+
+def revoke_client(session: Session, name: str) -> ApiClient:
+    client = session.exec(select(ApiClient).where(ApiClient.name == name)).first()
+    if client is None:
+        raise ClientError(f"no client named {name!r}")
+    if client.revoked_at is None:
+        client.revoked_at = utcnow()
+        session.add(client)
+        session.flush()
+    return client
+
+
+def allows(scopes: list[str], resource_type: str, access: str) -> bool:
+    """Whether the scopes grant ``access`` (read | write) on ``resource_type``."""
+    for scope in scopes:
+        m = _SCOPE.fullmatch(scope)
+        if m and m.group(1) in ("*", resource_type) and m.group(2) in ("*", access):
+            return True
+    return False
