@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+VALIDATOR := tests/fhir_validator/node_modules/.installed
+
 .PHONY: run test install migrate clean
 
 $(STAMP): pyproject.toml
@@ -11,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The independent FHIR R4 validator (npm @medplum/core) that the tests run over what we emit.
+$(VALIDATOR): tests/fhir_validator/package-lock.json
+	cd tests/fhir_validator && npm ci --no-audit --no-fund --silent
+	touch $(VALIDATOR)
 
 install: $(STAMP)
 
@@ -20,8 +27,8 @@ migrate: install
 run: migrate
 	$(BIN)/cxr-fhir serve
 
-test: install
+test: install $(VALIDATOR)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache tests/fhir_validator/node_modules

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
+from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
 
 from ..domain.report import conclusion
@@ -22,6 +23,7 @@ from ..storage.repositories import PatientRepository, ReportRepository, StudyRep
 from ..storage.tables import Analysis, OutboxDelivery, Report, Study
 
 log = logging.getLogger("cxr_fhir.analysis")
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # SOP class for images that did not come as DICOM
 
 
 @dataclass
@@ -82,9 +84,13 @@ class AnalysisService:
                 self.images.put(data)
                 return StudyRepository(s).create(Study(
                     patient_id=patient_id, content_sha256=digest, original_filename=(filename or None),
-                    media_type=image.media_type, size_bytes=len(data), study_uid=md.get("study_uid"),
-                    series_uid=md.get("series_uid"), sop_instance_uid=md.get("sop_instance_uid"),
-                    sop_class_uid=md.get("sop_class_uid"), accession_number=md.get("accession_number"),
+                    media_type=image.media_type, size_bytes=len(data),
+                    # PNG/JPEG uploads get DICOM UIDs of their own, so every study can be
+                    # identified (and conditionally created in the EHR) by its Study Instance UID.
+                    study_uid=md.get("study_uid") or generate_uid(), series_uid=md.get("series_uid") or generate_uid(),
+                    sop_instance_uid=md.get("sop_instance_uid") or generate_uid(),
+                    sop_class_uid=md.get("sop_class_uid") or SECONDARY_CAPTURE,
+                    accession_number=md.get("accession_number"),
                     modality=md.get("modality") or "DX", view_position=md.get("view_position"),
                     acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
                     status="analyzing", uploaded_by=actor), actor=actor)

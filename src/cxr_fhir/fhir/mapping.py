@@ -1,0 +1,173 @@
+"""Domain rows -> FHIR R4 resources (fhir.resources.R4B models). Pure: no HTTP, no models, no I/O.
+
+The resources are serialised with ``to_wire``, which never emits empty fields or nulls.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient as FhirPatient
+
+from ..domain.findings import BY_NAME, LOCAL_SYSTEM, SNOMED
+from ..storage.tables import Analysis, Patient, Report, Study
+
+DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+LOINC = "http://loinc.org"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+UCUM = "http://unitsofmeasure.org"
+AI_ASSISTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
+               "display": "Artificial Intelligence asserted"}
+PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
+ABSENT = {"system": SNOMED, "code": "2667000", "display": "Absent"}
+COMPONENT_SYSTEM = "urn:cxr-fhir:component"
+REPORT_ID_SYSTEM = "urn:cxr-fhir:report"
+DEVICE_ID = "cxr-fhir-model"
+
+# R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
+STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
+                "analyzed": "available", "failed": "available"}
+REPORT_STATUS = {"preliminary": "preliminary", "final": "final", "amended": "amended", "cancelled": "cancelled"}
+
+
+def _instant(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds")
+
+
+def _meta(version_id: int, last_updated: datetime, ai: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"versionId": str(version_id), "lastUpdated": _instant(last_updated)}
+    if ai:
+        meta["security"] = [AI_ASSISTED]
+    return meta
+
+
+def to_wire(resource) -> dict[str, Any]:
+    """JSON-ready dict without None or empty values (FHIR forbids empty elements)."""
+    return resource.model_dump(mode="json", exclude_none=True)
+
+
+def patient(row: Patient) -> FhirPatient:
+    name: dict[str, Any] = {"family": row.family}
+    if row.given:
+        name["given"] = row.given.split()
+    data: dict[str, Any] = {
+        "id": row.id, "meta": _meta(row.version_id, row.updated_at),
+        "identifier": [{"use": "usual", "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+                        "system": row.mrn_system, "value": row.mrn}],
+        "active": row.deleted_at is None, "name": [name], "gender": row.sex,
+    }
+    if row.birth_date:
+        data["birthDate"] = row.birth_date.isoformat()
+    return FhirPatient(**data)
+
+
+def imaging_study(row: Study) -> ImagingStudy:
+    modality = {"system": DICOM_DCM, "code": row.modality or "DX"}
+    data: dict[str, Any] = {
+        "id": row.id, "meta": _meta(row.version_id, row.updated_at),
+        "status": "cancelled" if row.deleted_at else STUDY_STATUS.get(row.status, "unknown"),
+        "subject": {"reference": f"Patient/{row.patient_id}"},
+        "started": _instant(row.acquired_at or row.created_at),
+        "modality": [modality], "numberOfSeries": 1, "numberOfInstances": 1,
+    }
+    identifiers = []
+    if row.study_uid:
+        identifiers.append({"system": "urn:dicom:uid", "value": f"urn:oid:{row.study_uid}"})
+    if row.accession_number:
+        identifiers.append({"type": {"coding": [{"system": V2_0203, "code": "ACSN"}]}, "value": row.accession_number})
+    if identifiers:
+        data["identifier"] = identifiers
+    if row.series_uid:
+        series: dict[str, Any] = {"uid": row.series_uid, "number": 1, "modality": modality, "numberOfInstances": 1,
+                                  "bodySite": {"system": SNOMED, "code": "51185008", "display": "Thoracic structure"}}
+        if row.sop_instance_uid and row.sop_class_uid:
+            series["instance"] = [{"uid": row.sop_instance_uid, "number": 1,
+                                   "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{row.sop_class_uid}"}}]
+        data["series"] = [series]
+    return ImagingStudy(**data)
+
+
+def device(model: dict[str, Any]) -> Device:
+    return Device(**{
+        "id": DEVICE_ID, "status": "active", "manufacturer": "cxr-fhir project",
+        "deviceName": [{"name": model["name"], "type": "model-name"}],
+        "version": [{"value": model["version"]}, {"type": {"text": "manifest-sha256"}, "value": model["manifest_sha256"]}],
+        "note": [{"text": "AI model; not a medical device; not for clinical use."}],
+    })
+
+
+def _code(name: str) -> dict[str, Any]:
+    finding = BY_NAME[name]
+    codings = [{"system": SNOMED, "code": finding.snomed, "display": finding.display}] if finding.snomed else []
+    codings.append({"system": LOCAL_SYSTEM, "code": finding.local_code, "display": finding.display})
+    return {"coding": codings, "text": finding.display}
+
+
+def _unitless(value: float) -> dict[str, Any]:
+    return {"value": round(float(value), 4), "unit": "1", "system": UCUM, "code": "1"}
+
+
+def observations(analysis: Analysis, study: Study, report: Report) -> list[Observation]:
+    """One Observation per finding of the top three."""
+    out = []
+    for rank, item in enumerate(analysis.top3, start=1):
+        name = item["finding"]
+        components = [
+            {"code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "probability", "display": "Calibrated probability"}]},
+             "valueQuantity": _unitless(item["probability"])},
+            {"code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "threshold", "display": "Operating threshold"}]},
+             "valueQuantity": _unitless(item["threshold"])},
+        ]
+        for box in (b for b in analysis.boxes if b["finding"] == name):
+            components.append({
+                "code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "bounding-box",
+                                     "display": "Region (x1,y1,x2,y2 image pixels)"}]},
+                "valueString": f"{box['x1']},{box['y1']},{box['x2']},{box['y2']} ({box['source']}, {box['confidence']})"})
+        out.append(Observation(**{
+            "id": f"{analysis.id}-{rank}",
+            "meta": _meta(report.version_id, report.updated_at, ai=True),
+            "status": REPORT_STATUS[report.status] if report.status != "cancelled" else "cancelled",
+            "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
+            "code": _code(name),
+            "subject": {"reference": f"Patient/{study.patient_id}"},
+            "effectiveDateTime": _instant(study.acquired_at or study.created_at),
+            "issued": _instant(analysis.created_at),
+            "valueCodeableConcept": {"coding": [PRESENT if item["present"] else ABSENT]},
+            "component": components,
+            "partOf": [{"reference": f"ImagingStudy/{study.id}"}],
+            "derivedFrom": [{"reference": f"ImagingStudy/{study.id}"}],
+            "device": {"reference": f"Device/{DEVICE_ID}"},
+        }))
+    return out
+
+
+def diagnostic_report(report: Report, analysis: Analysis, study: Study, results: list[Observation],
+                      overlay_png: bytes | None = None) -> DiagnosticReport:
+    data: dict[str, Any] = {
+        "id": report.id, "meta": _meta(report.version_id, report.updated_at, ai=True),
+        "identifier": [{"system": REPORT_ID_SYSTEM, "value": report.id}],
+        "status": REPORT_STATUS[report.status],
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"},
+                                 {"system": LOINC, "code": "LP29684-5", "display": "Radiology"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "36554-4", "display": "XR Chest Single view"}],
+                 "text": "XR Chest Single view"},
+        "subject": {"reference": f"Patient/{study.patient_id}"},
+        "effectiveDateTime": _instant(study.acquired_at or study.created_at),
+        "issued": _instant(report.issued),
+        "imagingStudy": [{"reference": f"ImagingStudy/{study.id}"}],
+        "result": [{"reference": f"Observation/{o.id}"} for o in results],
+        "conclusion": report.conclusion,
+    }
+    if overlay_png:
+        top = analysis.top3[0]["finding"]
+        data["presentedForm"] = [{"contentType": "image/png", "title": f"Heatmap overlay: {BY_NAME[top].display}",
+                                  "data": base64.b64encode(overlay_png).decode()}]
+    return DiagnosticReport(**data)
