@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 
 import pytest
@@ -79,3 +80,33 @@ def test_content_follows_the_profile_we_promise(uploaded):
     assert report["result"] == [{"reference": f"Observation/{o['id']}"} for o in obs]
     pt = mapping.to_wire(mapping.patient(patient))
     assert pt["name"][0] == {"family": "Ñúñez", "given": ["Ana", "María"]} and pt["birthDate"] == "1955-03-04"
+
+
+def test_ehr_transaction_bundle_is_valid_and_conditional(uploaded):
+    from cxr_fhir.fhir.bundles import ehr_transaction
+
+    patient, up, images, _ = uploaded
+    bundle = mapping.to_wire(ehr_transaction(patient, up.study, up.analysis, up.report,
+                                             images.get(up.analysis.overlays[up.analysis.top3[0]["finding"]])))
+    assert validate([bundle])[0]["issues"] == []
+    assert bundle["type"] == "transaction" and _never_null(bundle)
+    entries = bundle["entry"]
+    methods = [(e["request"]["method"], e["request"]["url"].split("?")[0]) for e in entries]
+    assert methods == [("POST", "Patient"), ("PUT", "ImagingStudy"), ("PUT", "Device"), ("PUT", "Observation"),
+                       ("PUT", "Observation"), ("PUT", "Observation"), ("PUT", "DiagnosticReport")]
+    assert entries[0]["request"]["ifNoneExist"] == "identifier=urn%3Aoid%3A2.16.840.1.113883.3.9999.1%7CMRN-77"
+    full_urls = {e["fullUrl"] for e in entries}
+    assert all(u.startswith("urn:uuid:") for u in full_urls)
+    text = json.dumps(bundle)
+    for local_id in (patient.id, up.study.id):
+        assert f"Patient/{local_id}" not in text and f"ImagingStudy/{local_id}" not in text
+    report = entries[-1]["resource"]
+    assert report["subject"]["reference"] == entries[0]["fullUrl"]
+    assert report["imagingStudy"][0]["reference"] == entries[1]["fullUrl"]
+    assert [r["reference"] for r in report["result"]] == [e["fullUrl"] for e in entries[3:6]]
+    assert all(e["resource"]["device"]["reference"] == entries[2]["fullUrl"] for e in entries[3:6])
+    # Every reference in the bundle points at one of its own entries.
+    refs = set(re.findall(r"\"reference\": \"([^\"]+)\"", text))
+    assert refs <= full_urls, refs - full_urls
+    assert all("id" not in e["resource"] for e in entries)
+    assert report["meta"]["security"][0]["code"] == "AIAST"

@@ -30,7 +30,8 @@ PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
 ABSENT = {"system": SNOMED, "code": "2667000", "display": "Absent"}
 COMPONENT_SYSTEM = "urn:cxr-fhir:component"
 REPORT_ID_SYSTEM = "urn:cxr-fhir:report"
-DEVICE_ID = "cxr-fhir-model"
+OBSERVATION_ID_SYSTEM = "urn:cxr-fhir:observation"
+DEVICE_ID_SYSTEM = "urn:cxr-fhir:model-manifest-sha256"
 
 # R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
 STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
@@ -95,9 +96,15 @@ def imaging_study(row: Study) -> ImagingStudy:
     return ImagingStudy(**data)
 
 
+def device_id(manifest_sha256: str) -> str:
+    """One Device per set of weights, so old results keep pointing at the model that made them."""
+    return f"model-{manifest_sha256[:16]}"
+
+
 def device(model: dict[str, Any]) -> Device:
     return Device(**{
-        "id": DEVICE_ID, "status": "active", "manufacturer": "cxr-fhir project",
+        "id": device_id(model["manifest_sha256"]), "status": "active", "manufacturer": "cxr-fhir project",
+        "identifier": [{"system": DEVICE_ID_SYSTEM, "value": model["manifest_sha256"]}],
         "deviceName": [{"name": model["name"], "type": "model-name"}],
         "version": [{"value": model["version"]}, {"type": {"text": "manifest-sha256"}, "value": model["manifest_sha256"]}],
         "note": [{"text": "AI model; not a medical device; not for clinical use."}],
@@ -113,6 +120,10 @@ def _code(name: str) -> dict[str, Any]:
 
 def _unitless(value: float) -> dict[str, Any]:
     return {"value": round(float(value), 4), "unit": "1", "system": UCUM, "code": "1"}
+
+
+def model_of(analysis: Analysis) -> dict[str, Any]:
+    return {"name": analysis.model_name, "version": analysis.model_version, "manifest_sha256": analysis.manifest_sha256}
 
 
 def observations(analysis: Analysis, study: Study, report: Report) -> list[Observation]:
@@ -134,6 +145,7 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
         out.append(Observation(**{
             "id": f"{analysis.id}-{rank}",
             "meta": _meta(report.version_id, report.updated_at, ai=True),
+            "identifier": [{"system": OBSERVATION_ID_SYSTEM, "value": f"{analysis.id}-{rank}"}],
             "status": REPORT_STATUS[report.status] if report.status != "cancelled" else "cancelled",
             "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
             "code": _code(name),
@@ -144,7 +156,7 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
             "component": components,
             "partOf": [{"reference": f"ImagingStudy/{study.id}"}],
             "derivedFrom": [{"reference": f"ImagingStudy/{study.id}"}],
-            "device": {"reference": f"Device/{DEVICE_ID}"},
+            "device": {"reference": f"Device/{device_id(analysis.manifest_sha256)}"},
         }))
     return out
 
