@@ -9,6 +9,7 @@ import base64
 from datetime import datetime
 from typing import Any
 
+from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.imagingstudy import ImagingStudy
@@ -16,7 +17,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from ..domain.findings import BY_NAME, LOCAL_SYSTEM, SNOMED
-from ..storage.tables import Analysis, Patient, Report, Study
+from ..storage.tables import Analysis, AuditEvent, Patient, Report, Study
 
 DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
 LOINC = "http://loinc.org"
@@ -183,3 +184,44 @@ def diagnostic_report(report: Report, analysis: Analysis, study: Study, results:
         data["presentedForm"] = [{"contentType": "image/png", "title": f"Heatmap overlay: {BY_NAME[top].display}",
                                   "data": base64.b64encode(overlay_png).decode()}]
     return DiagnosticReport(**data)
+
+
+# AuditEvent.type/subtype: REST interactions by the FHIR restful-interaction codes, the rest by DICOM.
+_REST = "http://hl7.org/fhir/restful-interaction"
+_AUDIT_TYPES = {
+    "login": ({"system": DICOM_DCM, "code": "110114", "display": "User Authentication"},
+              {"system": DICOM_DCM, "code": "110122", "display": "Login"}),
+    "logout": ({"system": DICOM_DCM, "code": "110114", "display": "User Authentication"},
+               {"system": DICOM_DCM, "code": "110123", "display": "Logout"}),
+    "delivery": ({"system": DICOM_DCM, "code": "110106", "display": "Export"}, None),
+}
+
+
+def audit_event(row: AuditEvent) -> FhirAuditEvent:
+    if row.subtype in _AUDIT_TYPES:
+        type_, subtype = _AUDIT_TYPES[row.subtype]
+    else:
+        type_ = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+                 "display": "RESTful Operation"}
+        subtype = {"system": _REST, "code": row.subtype}
+    agent: dict[str, Any] = {"who": {"display": f"{row.agent_type}:{row.agent_id or 'anonymous'}"}, "requestor": True}
+    if row.source_ip:
+        agent["network"] = {"address": row.source_ip, "type": "2"}
+    data: dict[str, Any] = {
+        "id": row.id, "type": type_, "action": row.action, "recorded": _instant(row.recorded),
+        "outcome": row.outcome, "agent": [agent], "source": {"observer": {"display": "cxr-fhir"}},
+    }
+    if subtype:
+        data["subtype"] = [subtype]
+    if row.detail:
+        data["outcomeDesc"] = row.detail
+    if row.entity_type or row.query:
+        entity: dict[str, Any] = {}
+        if row.entity_type and row.entity_id:
+            entity["what"] = {"reference": f"{row.entity_type}/{row.entity_id}"}
+        elif row.entity_type:
+            entity["type"] = {"system": "http://hl7.org/fhir/resource-types", "code": row.entity_type}
+        if row.query:
+            entity["query"] = base64.b64encode(row.query.encode()).decode()
+        data["entity"] = [entity]
+    return FhirAuditEvent(**data)
