@@ -1,1 +1,1 @@
-"""The ML behind one small interface: ``Pipeline.run(XRayImage) -> Analysis``. No HTTP, no FHIR here."""
+"""The ML behind one small interface: ``Pipeline.run(XRayImage) -> AnalysisResult``. No HTTP, no FHIR here."""

@@ -1,4 +1,4 @@
-"""image -> Analysis: plausibility gate, classifier, Grad-CAM, detector, triage. Models load once."""
+"""image -> AnalysisResult: plausibility gate, classifier, Grad-CAM, detector, triage. Models load once."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .registry import ModelRegistryError, manifest_sha256, read_manifest
 
 
 @dataclass
-class Analysis:
+class AnalysisResult:
     probabilities: dict[str, float]
     thresholds: dict[str, float]
     top3: list[dict[str, Any]]
@@ -75,11 +75,11 @@ class Pipeline:
         """Raise ImageRejected when the image is not plausibly a chest radiograph."""
         check_chest_radiograph(image.pixels, self.prototypes, self.min_similarity)
 
-    def run(self, image: XRayImage, check_plausible: bool = True, render_overlays: bool = True) -> Analysis:
+    def run(self, image: XRayImage, check_plausible: bool = True, render_overlays: bool = True) -> AnalysisResult:
         with self._lock:
             return self._run(image, check_plausible, render_overlays)
 
-    def _run(self, image: XRayImage, check_plausible: bool, render_overlays: bool) -> Analysis:
+    def _run(self, image: XRayImage, check_plausible: bool, render_overlays: bool) -> AnalysisResult:
         # Ultralytics sets torch to (cores - 1) threads when it loads and predicts: take them back.
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
@@ -111,7 +111,7 @@ class Pipeline:
         t["heatmap_ms"] = (time.perf_counter() - mark) * 1000
         result = triage(probs, thresholds, boxes, float(image.width * image.height), self.rules)
         t["total_ms"] = (time.perf_counter() - start) * 1000
-        return Analysis(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
+        return AnalysisResult(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
                         top3=top3, boxes=boxes, priority=result.priority, priority_reasons=result.reasons,
                         model=self.model_info, heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
                         timings_ms={k: round(v, 1) for k, v in t.items()})

@@ -84,7 +84,8 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
         image = load_path(s.path, min_side=32)
         truths = expert.get(s.path.name, []) if s.source == "nih" else []
         wanted = sorted({t[0] for t in truths})
-        result = clf.predict(image.pixels, cam_for=0)
+        # Grad-CAMs only where expert boxes exist to point at (the pointing game below).
+        result = clf.predict(image.pixels, cam_for=len(FINDING_NAMES) if wanted else 0)
         probs.append([result.probabilities[n] for n in FINDING_NAMES])
         raw.append([result.outputs[n] for n in OUTPUTS])
         labels.append(s.labels)
@@ -95,7 +96,7 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
         boxes = det.detect(image.pixels) if det else []
         for b in boxes:
             det_preds[b["finding"]].append((b["confidence"], i, (b["x1"], b["y1"], b["x2"], b["y2"])))
-        cams = clf.predict(image.pixels, cam_for=len(FINDING_NAMES)).cams if wanted else {}
+        cams = result.cams
         for name, x1, y1, x2, y2 in truths:
             t = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
             det_truth[name].setdefault(i, []).append(t)
