@@ -94,3 +94,27 @@ def test_inference_failure_marks_the_study_failed(engine, pipeline, patient_id, 
     assert up.analysis is None and up.report is None
     assert images.exists(up.study.content_sha256)
     assert _count(engine, Analysis) == 0 and _count(engine, Report) == 0 and _count(engine, OutboxDelivery) == 0
+
+
+def test_a_failure_after_inference_still_ends_failed(engine, pipeline, patient_id, shared_data, tmp_path,
+                                                     monkeypatch):
+    """The study is deleted while the models run: no crash, no study left 'analyzing' untouched."""
+    images = ImageStore(tmp_path / "img")
+    service = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000)
+    real_run = pipeline.run
+
+    def run_then_delete(image, **kw):
+        result = real_run(image, **kw)
+        with session_scope(engine) as s:
+            study = s.exec(select(Study)).one()
+            StudyRepository(s).soft_delete(study.id, actor="dr.b")
+        return result
+
+    monkeypatch.setattr(pipeline, "run", run_then_delete)
+    data = sorted((shared_data / "nih" / "originals").glob("*.png"))[2].read_bytes()
+    up = service.upload(patient_id, data, "x" * 400 + ".png", actor="dr.a")
+    assert up.analysis is None and up.report is None
+    assert _count(engine, Analysis) == 0 and _count(engine, Report) == 0
+    with session_scope(engine) as s:
+        stored = StudyRepository(s).get(up.study.id, include_deleted=True)
+        assert stored.deleted_at is not None and len(stored.original_filename) == 255

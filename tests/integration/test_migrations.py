@@ -79,11 +79,22 @@ def test_0002_keeps_the_heatmap_reference_of_existing_analyses(db_url):
                           "probabilities, top3, boxes, priority, heatmap_sha256, timings_ms, created_at) VALUES "
                           "('a1', 's1', 'm', '1', 'x', '{}', :top3, '[]', 'routine', :h, '{}', :t)"),
                      {"top3": '[{"finding": "Effusion"}]', "h": "b" * 64, "t": now})
+        # A report pointing at the analysis: SQLite's table rebuild must not trip over it.
+        conn.execute(text("INSERT INTO report (id, study_id, analysis_id, status, conclusion, issued, version_id, "
+                          "created_at, updated_at) VALUES ('r1', 's1', 'a1', 'preliminary', 'c', :t, 1, :t, :t)"),
+                     {"t": now})
     migrate.upgrade(engine, MIGRATIONS)
+    migrate.upgrade(engine, MIGRATIONS)  # and again: nothing to do
     with engine.connect() as conn:
         row = conn.execute(text("SELECT overlays, thresholds, priority_reasons FROM analysis WHERE id = 'a1'")).one()
     import json
 
     decoded = [json.loads(v) if isinstance(v, str) else v for v in row]
     assert decoded == [{"Effusion": "b" * 64}, {}, []]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT analysis_id FROM report WHERE id = 'r1'")).scalar() == "a1"
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            tables = [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")]
+            assert not [t for t in tables if t.startswith("_alembic_tmp")]
     engine.dispose()

@@ -105,3 +105,17 @@ def test_managed_fields_cannot_be_overwritten(engine):
     with pytest.raises(ValueError):
         with session_scope(engine) as s:
             PatientRepository(s).update(pid, {"version_id": 99}, actor="a")
+
+
+def test_a_stale_copy_in_the_session_cannot_win(engine):
+    with session_scope(engine) as s:
+        pid = PatientRepository(s).create(_patient(), actor="a").id
+    with session_scope(engine) as a_session:
+        mine = PatientRepository(a_session).get(pid)  # version 1 now sits in this session
+        assert mine.version_id == 1
+        with session_scope(engine) as other:
+            PatientRepository(other).update(pid, {"given": "Other"}, actor="b")
+        if engine.dialect.name == "sqlite":
+            a_session.rollback()  # SQLite: a reader's snapshot would hide the other commit
+        with pytest.raises(VersionConflict):
+            PatientRepository(a_session).update(pid, {"given": "Mine"}, actor="a", expected_version=1)

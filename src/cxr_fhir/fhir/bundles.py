@@ -20,8 +20,13 @@ from ..storage.tables import Analysis, Patient, Report, Study
 from . import mapping
 
 
+def _escape(text: str) -> str:
+    """FHIR search escaping: a bare ',' would mean OR and '|' would split system from value."""
+    return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+
+
 def _token(identifier: dict[str, Any]) -> str:
-    return quote(f"{identifier['system']}|{identifier['value']}", safe="")
+    return quote(f"{_escape(identifier['system'])}|{_escape(identifier['value'])}", safe="")
 
 
 def _portable(resource) -> dict[str, Any]:

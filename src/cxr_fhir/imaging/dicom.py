@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
         raise ImageRejected("multi-frame", "multi-frame DICOM is not supported; upload one radiograph")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     check_geometry(cols, rows, max_pixels, min_side)
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
         raise ImageRejected("colour-photograph", "colour DICOM is not a radiograph")
     syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
     try:
@@ -42,7 +42,10 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
         raise ImageRejected("unsupported-format", f"cannot decode this DICOM pixel data (transfer syntax {syntax})") from exc
     arr = apply_modality_lut(raw, ds)
     arr = apply_voi_lut(arr, ds) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else arr
-    arr = np.asarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ImageRejected("corrupt", "the DICOM rescale or VOI values give pixels that are not numbers")
     lo, hi = float(arr.min()), float(arr.max())
     pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -63,9 +66,16 @@ def _acquired(ds: Any) -> datetime | None:
     if not day:
         return None
     try:
-        return datetime.strptime(day + clock.split(".")[0].ljust(6, "0")[:6], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        local = datetime.strptime(day + clock.split(".")[0].ljust(6, "0")[:6], "%Y%m%d%H%M%S")
     except ValueError:
         return None
+    # DICOM dates are local time; the offset, when the modality wrote it, makes them absolute.
+    offset = _text(ds, "TimezoneOffsetFromUTC")
+    if offset and len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        sign = 1 if offset[0] == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        return local.replace(tzinfo=tz).astimezone(UTC)
+    return local.replace(tzinfo=UTC)
 
 
 def _metadata(ds: Any, modality: str) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def load(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_
     except Exception as exc:  # decoders raise many types on corrupt input; all mean the same here
         raise ImageRejected("corrupt", f"the image could not be decoded ({type(exc).__name__})") from exc
     check_geometry(image.width, image.height, max_pixels, min_side)
+    if not np.isfinite(image.pixels).all():
+        raise ImageRejected("corrupt", "the image holds values that are not numbers (broken rescale or pixel data)")
     if float(image.pixels.std()) < 0.01:
         raise ImageRejected("blank", "the image is blank (no contrast)")
     return image
@@ -103,12 +105,14 @@ def _decode_raster(data: bytes, media_type: str, max_pixels: int, min_side: int)
         lo, hi = float(arr.min()), float(arr.max())
         # 12-bit detectors often write into 16-bit containers: stretch the values actually used.
         pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    elif mode in ("L", "LA", "P", "1"):
+    elif mode in ("L", "LA", "1"):
         pixels = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         bits = 8
-    elif mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+    elif mode in ("RGB", "RGBA", "CMYK", "YCbCr", "P", "PA"):
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        chroma = float(np.mean(np.abs(rgb - rgb.mean(axis=2, keepdims=True))))
+        # Colourfulness from a small copy: the full-size difference arrays would cost gigabytes.
+        small = rgb[:: max(1, rgb.shape[0] // 256), :: max(1, rgb.shape[1] // 256)]
+        chroma = float(np.mean(np.abs(small - small.mean(axis=2, keepdims=True))))
         if chroma > MAX_CHROMA:
             raise ImageRejected("colour-photograph",
                                 "this is a colour image, not a radiograph (radiographs are greyscale)")

@@ -29,7 +29,7 @@ def similarity(pixels: np.ndarray, prototypes: np.ndarray) -> float:
 
 def check_chest_radiograph(pixels: np.ndarray, prototypes: np.ndarray, min_similarity: float) -> float:
     score = similarity(pixels, prototypes)
-    if score < min_similarity:
+    if not score >= min_similarity:  # also refuses NaN
         raise ImageRejected("not-a-chest-radiograph",
                             f"this does not look like a frontal chest radiograph (similarity {score:.2f} "
                             f"< {min_similarity:.2f})")

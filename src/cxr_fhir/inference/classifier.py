@@ -20,6 +20,7 @@ class ClassifierOutput:
     probabilities: dict[str, float]     # the 14 findings, calibrated
     cams: dict[str, np.ndarray]         # finding -> (h, w) Grad-CAM in [0, 1], for the requested findings
     outputs: dict[str, float]           # every model output, calibrated (incl. pediatric head and gate)
+    ranked: list[str]                   # the findings, most likely first (ties by catalogue order)
 
 
 class Classifier:
@@ -68,15 +69,15 @@ class Classifier:
         mean_logits = torch.stack(logits).mean(0)[0]
         probs = calibrate(mean_logits.detach().numpy()[None], self.platt)
         reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}
-        top = sorted(reported, key=reported.get, reverse=True)[:cam_for]
+        ranked = sorted(reported, key=reported.get, reverse=True)
         cams = {}
-        for name in top:
+        for name in ranked[:cam_for]:
             out = self._cam_output(name, probs[0])
             grads = torch.autograd.grad(mean_logits[out], feats, retain_graph=True)
             cam = sum(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(1))[0] for g, f in zip(grads, feats))
             cam = cam.detach().numpy()
             cams[name] = cam / cam.max() if cam.max() > 0 else cam
-        return ClassifierOutput(probabilities=reported, cams=cams,
+        return ClassifierOutput(probabilities=reported, cams=cams, ranked=ranked,
                                 outputs={k: float(v) for k, v in zip(self.outputs, probs[0])})
 
     def _cam_output(self, name: str, probs: np.ndarray) -> int:

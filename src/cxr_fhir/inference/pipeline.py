@@ -95,7 +95,7 @@ class Pipeline:
         mark = time.perf_counter()
         thresholds = self.classifier.thresholds
         probs = {k: round(v, 4) for k, v in out.probabilities.items()}
-        ranked = sorted(probs, key=probs.get, reverse=True)[:3]
+        ranked = out.ranked[:3]  # the order the CAMs were made in (rounding could reorder near-ties)
         top3 = [{"finding": k, "probability": probs[k], "threshold": round(thresholds[k], 4),
                  "present": probs[k] >= thresholds[k]} for k in ranked]
         for item in top3:

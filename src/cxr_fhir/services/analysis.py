@@ -1,13 +1,12 @@
 """One upload, end to end: validate, store, analyse, report. Used by the web pages and FHIR $analyze.
 
 Nothing is stored for a refused image. A stored study always has its file (the file is written
-first and removed again if its row cannot be written), and ends either analysed, with its analysis
-and preliminary report, or failed, with the reason.
+before its row), and ends either analysed, with its analysis and preliminary report, or failed,
+with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -45,14 +44,13 @@ class AnalysisService:
         self.pipeline.check_plausible(image)
         study = self._store(patient_id, image, data, filename, actor)
         try:
-            result = self.pipeline.run(image, check_plausible=False)
+            return self._analyse(study, image)
         except Exception as exc:  # one image's failure must not take the service down
             log.exception("analysis failed", extra={"study": study.id})
-            with session_scope(self.engine) as s:
-                study = StudyRepository(s).update(study.id, {"status": "failed",
-                                                             "failure_reason": f"analysis failed: {type(exc).__name__}"},
-                                                  actor="system")
-            return Uploaded(study, None, None)
+            return Uploaded(self._mark_failed(study, f"analysis failed: {type(exc).__name__}"), None, None)
+
+    def _analyse(self, study: Study, image: XRayImage) -> Uploaded:
+        result = self.pipeline.run(image, check_plausible=False)
         overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
         with session_scope(self.engine) as s:
             analysis = Analysis(study_id=study.id, model_name=result.model["name"],
@@ -72,32 +70,37 @@ class AnalysisService:
                                           "ms": result.timings_ms.get("total_ms")})
         return Uploaded(study, analysis, report)
 
-    def _store(self, patient_id: str, image: XRayImage, data: bytes, filename: str | None, actor: str) -> Study:
-        md = image.metadata
-        digest_existed = False
-        digest = None
+    def _mark_failed(self, study: Study, reason: str) -> Study:
+        """Best effort: a study deleted meanwhile, or a database that is down, keeps its last state
+        (a start-up sweep is to mark studies left 'analyzing' as failed)."""
         try:
             with session_scope(self.engine) as s:
-                PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
-                digest = hashlib.sha256(data).hexdigest()
-                digest_existed = self.images.exists(digest)
-                self.images.put(data)
-                return StudyRepository(s).create(Study(
-                    patient_id=patient_id, content_sha256=digest, original_filename=(filename or None),
-                    media_type=image.media_type, size_bytes=len(data),
-                    # PNG/JPEG uploads get DICOM UIDs of their own, so every study can be
-                    # identified (and conditionally created in the EHR) by its Study Instance UID.
-                    study_uid=md.get("study_uid") or generate_uid(), series_uid=md.get("series_uid") or generate_uid(),
-                    sop_instance_uid=md.get("sop_instance_uid") or generate_uid(),
-                    sop_class_uid=md.get("sop_class_uid") or SECONDARY_CAPTURE,
-                    accession_number=md.get("accession_number"),
-                    modality=md.get("modality") or "DX", view_position=md.get("view_position"),
-                    acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
-                    status="analyzing", uploaded_by=actor), actor=actor)
-        except BaseException:
-            if digest and not digest_existed:
-                self.images.delete(digest)  # no file without its row
-            raise
+                return StudyRepository(s).update(study.id, {"status": "failed", "failure_reason": reason},
+                                                 actor="system")
+        except Exception:
+            log.exception("could not mark study failed", extra={"study": study.id})
+            return study
+
+    def _store(self, patient_id: str, image: XRayImage, data: bytes, filename: str | None, actor: str) -> Study:
+        """The file first, then its row. Content-addressed files are never deleted here: another
+        upload of the same bytes may already point at this one. A file whose row failed is garbage,
+        harmless, and left to a sweep; a row without its file cannot happen."""
+        md = image.metadata
+        with session_scope(self.engine) as s:
+            PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
+            digest = self.images.put(data)
+            return StudyRepository(s).create(Study(
+                patient_id=patient_id, content_sha256=digest, original_filename=(filename or "")[:255] or None,
+                media_type=image.media_type, size_bytes=len(data),
+                # PNG/JPEG uploads get DICOM UIDs of their own, so every study can be
+                # identified (and conditionally created in the EHR) by its Study Instance UID.
+                study_uid=md.get("study_uid") or generate_uid(), series_uid=md.get("series_uid") or generate_uid(),
+                sop_instance_uid=md.get("sop_instance_uid") or generate_uid(),
+                sop_class_uid=md.get("sop_class_uid") or SECONDARY_CAPTURE,
+                accession_number=md.get("accession_number"),
+                modality=md.get("modality") or "DX", view_position=md.get("view_position"),
+                acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
+                status="analyzing", uploaded_by=actor), actor=actor)
 
 
 __all__ = ["AnalysisService", "ImageRejected", "Uploaded"]

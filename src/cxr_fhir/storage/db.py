@@ -18,12 +18,16 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite only opens a transaction before DML and commits DDL on its own: take over, so a
+        # unit of work (and a migration) is one real transaction. SQLAlchemy's documented recipe.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the web pages read while the worker writes; SQLite leaves foreign keys off by default.
+    dbapi_conn.isolation_level = None  # see the "begin" listener in make_engine
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")

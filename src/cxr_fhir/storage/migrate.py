@@ -21,9 +21,23 @@ def upgrade(engine: Engine, migrations_dir: Path) -> tuple[str | None, str | Non
     """Bring the schema to head; returns (revision before, revision after). Idempotent."""
     before = current_revision(engine)
     cfg = _config(migrations_dir)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying and dropping it, which live foreign keys forbid; the
+            # pragma only changes outside a transaction. Integrity is checked before it goes back on.
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
     return before, current_revision(engine)
 
 

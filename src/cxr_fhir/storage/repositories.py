@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
 from .errors import Gone, NotFound, VersionConflict
@@ -97,7 +98,10 @@ class VersionedRepository(Generic[T]):
 
     # -- internals ------------------------------------------------------------------------
     def _locked(self, id: str) -> T:
-        obj = self.session.exec(select(self.model).where(self.model.id == id).with_for_update()).first()
+        # populate_existing: a row already in this session must be re-read, or a stale version
+        # would pass the optimistic check.
+        obj = self.session.exec(select(self.model).where(self.model.id == id).with_for_update()
+                                .execution_options(populate_existing=True)).first()
         if obj is None:
             raise NotFound(f"{self.resource_type}/{id} not found")
         return obj
@@ -107,7 +111,11 @@ class VersionedRepository(Generic[T]):
             resource_type=self.resource_type, resource_id=obj.id, version_id=obj.version_id,
             operation=operation, recorded_at=obj.updated_at, actor=actor,
             content=obj.model_dump(mode="json")))
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            # Another writer saved this version number first (SQLite has no row locks).
+            raise VersionConflict(obj.version_id - 1, obj.version_id) from exc
 
 
 class PatientRepository(VersionedRepository[Patient]):

@@ -93,3 +93,21 @@ def test_garbage_after_the_dicom_preamble_is_refused():
     with pytest.raises(ImageRejected) as err:
         load(b"\x00" * 128 + b"DICM" + b"\xff\x13garbage" * 20)
     assert err.value.code in {"corrupt", "not-an-image"}
+
+
+def test_broken_rescale_giving_non_numbers_is_refused():
+    data, ds = make_dicom()
+    ds.RescaleSlope = "1e39"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageRejected) as err:
+        load(buf.getvalue())
+    assert err.value.code == "corrupt"
+
+
+def test_local_acquisition_time_uses_the_timezone_offset():
+    data, ds = make_dicom()
+    ds.TimezoneOffsetFromUTC = "+0100"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert load(buf.getvalue()).metadata["acquired_at"].isoformat() == "2026-11-24T09:15:00+00:00"

@@ -92,3 +92,15 @@ def test_animated_png_is_refused():
     with pytest.raises(ImageRejected) as err:
         load(buf.getvalue())
     assert err.value.code == "multi-frame"
+
+
+def test_colour_photograph_in_a_palette_png_is_refused_too():
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    rgb[:128, :, 0] = 220
+    rgb[128:, :, 2] = 220
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    with pytest.raises(ImageRejected) as err:
+        load(buf.getvalue())
+    assert err.value.code == "colour-photograph"
