@@ -92,9 +92,10 @@ def test_ehr_transaction_bundle_is_valid_and_conditional(uploaded):
     assert bundle["type"] == "transaction" and _never_null(bundle)
     entries = bundle["entry"]
     methods = [(e["request"]["method"], e["request"]["url"].split("?")[0]) for e in entries]
-    assert methods == [("POST", "Patient"), ("PUT", "ImagingStudy"), ("PUT", "Device"), ("PUT", "Observation"),
+    assert methods == [("POST", "Patient"), ("POST", "ImagingStudy"), ("PUT", "Device"), ("PUT", "Observation"),
                        ("PUT", "Observation"), ("PUT", "Observation"), ("PUT", "DiagnosticReport")]
     assert entries[0]["request"]["ifNoneExist"] == "identifier=urn%3Aoid%3A2.16.840.1.113883.3.9999.1%7CMRN-77"
+    assert entries[1]["request"]["ifNoneExist"].startswith("identifier=urn%3Adicom%3Auid%7Curn%3Aoid%3A")
     full_urls = {e["fullUrl"] for e in entries}
     assert all(u.startswith("urn:uuid:") for u in full_urls)
     text = json.dumps(bundle)

@@ -70,7 +70,7 @@ def test_soft_delete_keeps_row_and_history(engine):
             repo.get(pid)
         assert repo.get(pid, include_deleted=True).deleted_at is not None
         assert [h.operation for h in repo.history(pid)] == ["delete", "create"]
-        assert repo.by_mrn("MRN-001") is None
+        assert repo.by_mrn("MRN-001", "urn:oid:1.2.3") is None
         with pytest.raises(Gone):
             repo.update(pid, {"family": "X"}, actor="a")
         with pytest.raises(NotFound):
@@ -90,6 +90,8 @@ def test_patient_search_and_study_foreign_key(engine):
         assert total == 1 and rows[0].mrn == "A1"
         rows, total = repo.search("b2")
         assert [r.family for r in rows] == ["Brown"]
+        assert repo.search("%")[1] == 0 and repo.search("_")[1] == 0  # no wildcards from users
+        assert repo.by_mrn("A1", "urn:oid:1.2.3").family == "Alvarez" and repo.by_mrn("A1", "urn:other") is None
         assert repo.search(er_area="minors")[1] == 1 and repo.search(triage_level=2)[1] == 1
         assert len(StudyRepository(s).for_patient(a.id)) == 1
         assert s.exec(select(ResourceVersion).where(ResourceVersion.resource_type == "Study")).first() is not None

@@ -2,8 +2,9 @@
 
 Every entry is conditional on a business identifier, so sending the same Bundle twice (a retry
 after a timeout) creates nothing new: Patient is created only if no patient has the MRN (the EHR
-owns demographics); ImagingStudy, Observations and DiagnosticReport are conditional updates on
-their identifiers, so an amended report replaces the earlier version instead of adding one. The
+owns demographics) and ImagingStudy only if none has the Study Instance UID (the PACS may own it);
+Device, Observations and DiagnosticReport are conditional updates on their identifiers, so an
+amended report replaces the earlier version instead of adding one. The
 Device (the model that made the findings) travels along, so no reference dangles in the EHR.
 References between entries use urn:uuid full URLs, which the EHR resolves.
 """
@@ -63,8 +64,10 @@ def ehr_transaction(patient: Patient, study: Study, analysis: Analysis, report: 
                     "request": {"method": "POST", "url": "Patient",
                                 "ifNoneExist": f"identifier={_token(pt['identifier'][0])}"}})
     st = relink(_portable(mapping.imaging_study(study)))
+    # The PACS may already have filed this study under its UID: refer to that one, never overwrite it.
     entries.append({"fullUrl": urls["study"], "resource": st,
-                    "request": {"method": "PUT", "url": f"ImagingStudy?identifier={_token(st['identifier'][0])}"}})
+                    "request": {"method": "POST", "url": "ImagingStudy",
+                                "ifNoneExist": f"identifier={_token(st['identifier'][0])}"}})
     dv = _portable(model)
     entries.append({"fullUrl": urls["device"], "resource": dv,
                     "request": {"method": "PUT", "url": f"Device?identifier={_token(dv['identifier'][0])}"}})

@@ -121,17 +121,21 @@ class VersionedRepository(Generic[T]):
 class PatientRepository(VersionedRepository[Patient]):
     model, resource_type = Patient, "Patient"
 
-    def by_mrn(self, mrn: str) -> Patient | None:
-        stmt = select(Patient).where(Patient.mrn == mrn, col(Patient.deleted_at).is_(None))
+    def by_mrn(self, mrn: str, system: str) -> Patient | None:
+        """An MRN means something only within its issuing system."""
+        stmt = select(Patient).where(Patient.mrn == mrn, Patient.mrn_system == system,
+                                     col(Patient.deleted_at).is_(None))
         return self.session.exec(stmt).first()
 
     def search(self, text: str = "", er_area: str | None = None, triage_level: int | None = None,
                offset: int = 0, limit: int = 20) -> tuple[Sequence[Patient], int]:
         stmt = select(Patient).where(col(Patient.deleted_at).is_(None))
         if text:
-            like = f"%{text.lower()}%"
-            stmt = stmt.where(or_(func.lower(Patient.family).like(like), func.lower(Patient.given).like(like),
-                                  func.lower(Patient.mrn).like(like)))
+            # The user's % and _ are letters, not wildcards.
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{escaped}%"
+            stmt = stmt.where(or_(*(func.lower(column).like(like, escape="\\")
+                                    for column in (Patient.family, Patient.given, Patient.mrn))))
         if er_area:
             stmt = stmt.where(Patient.er_area == er_area)
         if triage_level is not None:
@@ -155,7 +159,8 @@ class ReportRepository(VersionedRepository[Report]):
     model, resource_type = Report, "Report"
 
     def for_study(self, study_id: str) -> Report | None:
-        stmt = select(Report).where(Report.study_id == study_id).order_by(col(Report.created_at).desc())
+        stmt = (select(Report).where(Report.study_id == study_id, col(Report.deleted_at).is_(None))
+                .order_by(col(Report.created_at).desc()))
         return self.session.exec(stmt).first()
 
 
