@@ -12,7 +12,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from .errors import ImageRejected
-from .loader import XRayImage, check_geometry
+from .loader import XRayImage, check_geometry, stretch
 
 RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
@@ -46,8 +46,7 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
         arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ImageRejected("corrupt", "the DICOM rescale or VOI values give pixels that are not numbers")
-    lo, hi = float(arr.min()), float(arr.max())
-    pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    pixels = stretch(arr)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1 shows low values white; we want bone bright
     return XRayImage(pixels=np.ascontiguousarray(pixels), media_type="application/dicom",

@@ -77,6 +77,12 @@ def load_path(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: 
     return load(Path(path).read_bytes(), max_pixels, min_side)
 
 
+def stretch(arr: np.ndarray) -> np.ndarray:
+    """Float32 values mapped onto 0..1 by their own minimum and maximum (all zero when flat)."""
+    lo, hi = float(arr.min()), float(arr.max())
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
 def check_geometry(width: int, height: int, max_pixels: int, min_side: int = MIN_SIDE) -> None:
     if width * height > max_pixels or max(width, height) > MAX_SIDE:
         raise ImageRejected("too-large", f"the image is too large ({width}x{height} pixels)")
@@ -100,11 +106,9 @@ def _decode_raster(data: bytes, media_type: str, max_pixels: int, min_side: int)
         im.load()
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float32)
         bits = 16
-        lo, hi = float(arr.min()), float(arr.max())
         # 12-bit detectors often write into 16-bit containers: stretch the values actually used.
-        pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        pixels = stretch(np.asarray(im, dtype=np.float32))
     elif mode in ("L", "LA", "1"):
         pixels = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         bits = 8

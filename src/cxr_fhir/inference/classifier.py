@@ -25,9 +25,7 @@ class ClassifierOutput:
 
 class Classifier:
     def __init__(self, weights_dir: Path, entry: dict[str, Any]):
-        self.entry = entry
         self.outputs: list[str] = entry["outputs"]
-        self.findings: list[str] = entry["findings"]
         self.size = int(entry["input_size"])
         self.mean = float(entry["normalisation"]["mean"])
         self.std = float(entry["normalisation"]["std"])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,14 @@ class AnalysisResult:
 class Pipeline:
     def __init__(self, weights_dir: Path, runtime_dir: Path, threads: int = 2):
         manifest = read_manifest(weights_dir)
-        self.classifier = Classifier(weights_dir, manifest["classifier"])
-        self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
-        self.threads = threads
         gate = manifest.get("gate")
-        if gate is None:
+        if gate is None:  # checked before the slow model loading
             raise ModelRegistryError("the model manifest has no 'gate' entry: run 'cxr-fhir train gate'")
         self.prototypes = np.asarray(gate["prototypes"], dtype=np.float32)
         self.min_similarity = float(gate["min_similarity"])
+        self.classifier = Classifier(weights_dir, manifest["classifier"])
+        self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
+        self.threads = threads
         self.rules = load_rules()
         self.model_info = {
             "name": manifest["classifier"]["name"], "version": manifest["classifier"]["version"],
@@ -112,6 +112,6 @@ class Pipeline:
         result = triage(probs, thresholds, boxes, float(image.width * image.height), self.rules)
         t["total_ms"] = (time.perf_counter() - start) * 1000
         return AnalysisResult(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
-                        top3=top3, boxes=boxes, priority=result.priority, priority_reasons=result.reasons,
-                        model=self.model_info, heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
-                        timings_ms={k: round(v, 1) for k, v in t.items()})
+                              top3=top3, boxes=boxes, priority=result.priority, priority_reasons=result.reasons,
+                              model=self.model_info, heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
+                              timings_ms={k: round(v, 1) for k, v in t.items()})

@@ -46,7 +46,3 @@ class ImageStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
-
-    def delete(self, sha256: str) -> None:
-        """Only for undoing a write whose database transaction failed."""
-        self.path(sha256).unlink(missing_ok=True)
