@@ -19,7 +19,8 @@ from ..inference.pipeline import Pipeline
 from ..storage.db import session_scope
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from ..storage.tables import Analysis, OutboxDelivery, Report, Study
+from ..storage.tables import Analysis, Report, Study
+from .reports import enqueue_delivery
 
 log = logging.getLogger("cxr_fhir.analysis")
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # SOP class for images that did not come as DICOM
@@ -64,7 +65,7 @@ class AnalysisService:
                 Report(study_id=study.id, analysis_id=analysis.id,
                        conclusion=conclusion(result.top3, result.priority, result.priority_reasons)), actor="system")
             if self.push_enabled:
-                s.add(OutboxDelivery(report_id=report.id, report_version=report.version_id))
+                enqueue_delivery(s, report)
             study = StudyRepository(s).update(study.id, {"status": "analyzed"}, actor="system")
         log.info("study analysed", extra={"study": study.id, "priority": result.priority,
                                           "ms": result.timings_ms.get("total_ms")})

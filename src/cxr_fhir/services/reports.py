@@ -1,0 +1,90 @@
+"""A doctor's decisions on a result: confirm or amend the report, delete a study.
+
+Every change that the EHR must learn about writes its outbox row in the same transaction as the
+change itself, so a crash can never leave a changed report that is not queued for delivery.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from ..storage.db import session_scope
+from ..storage.repositories import ReportRepository, StudyRepository
+from ..storage.tables import OutboxDelivery, Report, Study
+from ..storage.types import utcnow
+
+
+class ReportStateError(ValueError):
+    """The change is not allowed from the report's current status."""
+
+
+def enqueue_delivery(session: Session, report: Report) -> OutboxDelivery:
+    """Queue this version of the report for the EHR (call inside the report's transaction)."""
+    row = OutboxDelivery(report_id=report.id, report_version=report.version_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+class ReportService:
+    def __init__(self, engine: Engine, push_enabled: bool):
+        self.engine, self.push_enabled = engine, push_enabled
+
+    def confirm(self, report_id: str, actor: str, conclusion: str | None = None,
+                expected_version: int | None = None) -> Report:
+        """preliminary -> final (the doctor may edit the conclusion while confirming)."""
+        with session_scope(self.engine) as s:
+            repo = ReportRepository(s)
+            current = repo.get(report_id)
+            if current.status != "preliminary":
+                raise ReportStateError(f"report is {current.status}; only a preliminary report can be confirmed")
+            changes = {"status": "final", "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
+            if conclusion is not None:
+                changes["conclusion"] = _clean(conclusion)
+            return self._save(s, repo, report_id, changes, actor, expected_version)
+
+    def amend(self, report_id: str, conclusion: str, actor: str, expected_version: int | None = None) -> Report:
+        """final | amended -> amended with a new conclusion."""
+        with session_scope(self.engine) as s:
+            repo = ReportRepository(s)
+            current = repo.get(report_id)
+            if current.status not in ("final", "amended"):
+                raise ReportStateError(f"report is {current.status}; confirm it before amending")
+            changes = {"status": "amended", "conclusion": _clean(conclusion), "confirmed_by": actor,
+                       "confirmed_at": utcnow(), "issued": utcnow()}
+            return self._save(s, repo, report_id, changes, actor, expected_version)
+
+    def _save(self, s: Session, repo: ReportRepository, report_id: str, changes: dict, actor: str,
+              expected_version: int | None) -> Report:
+        report = repo.update(report_id, changes, actor=actor, expected_version=expected_version)
+        if self.push_enabled:
+            enqueue_delivery(s, report)
+        return report
+
+
+class StudyService:
+    def __init__(self, engine: Engine, push_enabled: bool):
+        self.engine, self.push_enabled = engine, push_enabled
+
+    def delete(self, study_id: str, actor: str, expected_version: int | None = None) -> Study:
+        """Logical delete: the study and its report leave the lists but stay in history and audit.
+        A report already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
+        with session_scope(self.engine) as s:
+            study = StudyRepository(s).soft_delete(study_id, actor=actor, expected_version=expected_version)
+            reports = ReportRepository(s)
+            report = reports.for_study(study_id)
+            if report is not None and report.status != "cancelled":
+                report = reports.update(report.id, {"status": "cancelled"}, actor=actor)
+                if self.push_enabled:
+                    enqueue_delivery(s, report)
+            return study
+
+
+def _clean(conclusion: str) -> str:
+    text = conclusion.strip()
+    if not text:
+        raise ReportStateError("the conclusion cannot be empty")
+    if len(text) > 10_000:
+        raise ReportStateError("the conclusion is longer than 10,000 characters")
+    return text
