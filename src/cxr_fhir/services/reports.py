@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from ..fhir import projection
 from ..storage.db import session_scope
 from ..storage.repositories import ReportRepository, StudyRepository
 from ..storage.tables import OutboxDelivery, Report, Study
@@ -58,6 +59,7 @@ class ReportService:
     def _save(self, s: Session, repo: ReportRepository, report_id: str, changes: dict, actor: str,
               expected_version: int | None) -> Report:
         report = repo.update(report_id, changes, actor=actor, expected_version=expected_version)
+        projection.report(s, report)
         if self.push_enabled:
             enqueue_delivery(s, report)
         return report
@@ -72,10 +74,12 @@ class StudyService:
         A report already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
         with session_scope(self.engine) as s:
             study = StudyRepository(s).soft_delete(study_id, actor=actor, expected_version=expected_version)
+            projection.study(s, study)
             reports = ReportRepository(s)
             report = reports.for_study(study_id)
             if report is not None and report.status != "cancelled":
                 report = reports.update(report.id, {"status": "cancelled"}, actor=actor)
+                projection.report(s, report)
                 if self.push_enabled:
                     enqueue_delivery(s, report)
             return study
