@@ -39,10 +39,10 @@ def put(s: Session, resource_type: str, resource_id: str, content: dict[str, Any
     row = s.get(FhirResource, (resource_type, resource_id), with_for_update=True)
     if version is None:
         version = (row.version_id + 1) if row is not None else 1
-    content = deepcopy(content)
-    content["resourceType"], content["id"] = resource_type, resource_id
     meta = {k: v for k, v in content.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
-    content["meta"] = {"versionId": str(version), "lastUpdated": _instant(when), **meta}
+    content = {"resourceType": resource_type, "id": resource_id,
+               "meta": {"versionId": str(version), "lastUpdated": _instant(when), **deepcopy(meta)},
+               **{k: deepcopy(v) for k, v in content.items() if k not in ("resourceType", "id", "meta")}}
     if row is None:
         row = FhirResource(resource_type=resource_type, id=resource_id, version_id=version, last_updated=when,
                            origin=origin, content=content)
