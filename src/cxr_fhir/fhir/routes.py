@@ -167,7 +167,8 @@ def _guarded(request: Request, interaction: str, resource_type: str | None, reso
              audit_resource: str | None = None) -> Response:
     client = None
     try:
-        _response_type(request)
+        if resource_type != "Binary":  # Binary answers with the image itself when asked
+            _response_type(request)
         client = _client(request)
         if access and resource_type:
             require(client, resource_type, access)
@@ -417,7 +418,8 @@ def _binary(request: Request, sha: str) -> Response:
     ctype = sniff(data) if data[:4] != b"\x89PNG" else "image/png"
     accept = request.headers.get("accept", "")
     if ctype in accept or "image/*" in accept or request.query_params.get("_format") == "binary":
-        return Response(content=data, media_type=ctype, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(content=data, status_code=200, media_type=ctype,
+                        headers={"Cache-Control": "private, max-age=3600"})
     import base64
     return respond(request, {"resourceType": "Binary", "id": sha, "contentType": ctype,
                              "data": base64.b64encode(data).decode()})
