@@ -205,10 +205,15 @@ def test_search_semantics(api):
         "link": [{"relation": "self", "url": "http://testserver.local/fhir/Patient?_summary=count"}]}
     subset = api("GET", "/fhir/Patient?_elements=gender&family=smith").json()["entry"][0]["resource"]
     assert set(subset) == {"resourceType", "id", "meta", "gender"} and subset["meta"]["tag"][0]["code"] == "SUBSETTED"
-    for bad in ("colour=red", "birthdate=yesterday", "_sort=gender", "_summary=text", "_count=-1", "name:fuzzy=x",
+    for bad in ("birthdate=yesterday", "_sort=gender", "_summary=text", "_count=-1", "name:fuzzy=x",
                 "_include=Patient:nothing"):
         r = api("GET", f"/fhir/Patient?{bad}")
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", bad
+    # Unknown parameters: ignored and left out of the self link (lenient, as HAPI), or refused when strict.
+    lenient = api("GET", "/fhir/Patient?colour=red&family=smith").json()
+    assert lenient["total"] == 1 and lenient["link"][0]["url"].endswith("/fhir/Patient?family=smith")
+    strict = api("GET", "/fhir/Patient?colour=red", headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and "colour" in strict.json()["issue"][0]["diagnostics"]
 
 
 def test_paging_walks_every_match_once(api):

@@ -105,7 +105,8 @@ def capability_statement(base: str, software_version: str, published: str) -> di
         "rest": [{
             "mode": "server",
             "documentation": "Every interaction except metadata needs a bearer token with SMART system scopes "
-                             "(system/<Resource>.read|write). Unknown search parameters are refused (400).",
+                             "(system/<Resource>.read|write). Unknown search parameters are ignored and left out of "
+                             "the self link, or refused (400) with Prefer: handling=strict.",
             "security": {"cors": False, "service": [{"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "description": "Bearer tokens issued by the administrators (cxr-fhir clients create)."},

@@ -64,12 +64,13 @@ def patient(row: Patient) -> FhirPatient:
     name: dict[str, Any] = {"family": row.family}
     if row.given:
         name["given"] = row.given.split()
-    # Our own id travels as an identifier too, so a patient without an MRN can still be matched
-    # (conditional create in the EHR) without duplicates.
-    identifiers = [{"use": "secondary", "system": PATIENT_ID_SYSTEM, "value": row.id}]
+    # A patient without an MRN is identified by our own id, so the EHR can still match it
+    # (conditional create) without duplicates.
     if row.mrn:
-        identifiers.insert(0, {"use": "usual", "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
-                               "system": row.mrn_system, "value": row.mrn})
+        identifiers = [{"use": "usual", "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+                        "system": row.mrn_system, "value": row.mrn}]
+    else:
+        identifiers = [{"use": "secondary", "system": PATIENT_ID_SYSTEM, "value": row.id}]
     data: dict[str, Any] = {
         "id": row.id, "meta": _meta(row.version_id, row.updated_at),
         "identifier": identifiers, "active": row.deleted_at is None, "name": [name], "gender": row.sex,

@@ -22,9 +22,6 @@ def patient(s: Session, row: Patient, posted: dict[str, Any] | None = None) -> d
     mapped = mapping.to_wire(mapping.patient(row))
     if posted is not None:
         content = {k: v for k, v in posted.items() if k not in ("id", "meta")}
-        ours = {"system": mapping.PATIENT_ID_SYSTEM, "value": row.id}
-        if ours not in [{"system": i.get("system"), "value": i.get("value")} for i in content.get("identifier", [])]:
-            content["identifier"] = [*content.get("identifier", []), {"use": "secondary", **ours}]
     else:
         previous = store.get_row(s, "Patient", row.id)
         content = {k: v for k, v in (previous.content if previous else {}).items()

@@ -224,7 +224,8 @@ def search_type(request: Request, resource_type: FromPath[str]) -> Response:
             if resource_type == "AuditEvent":
                 return respond(request, audit_events.bundle(s, pairs, base_url(request)))
             interactions.provider(resource_type, None)
-            return respond(request, search.bundle(s, resource_type, pairs, base_url(request)))
+            strict = "handling=strict" in request.headers.get("prefer", "")
+            return respond(request, search.bundle(s, resource_type, pairs, base_url(request), strict))
 
     return _guarded(request, "search-type", resource_type, None, "read", work)
 

@@ -29,11 +29,20 @@ def _int(name: str, value: str, low: int) -> int:
     return n
 
 
-def parse(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[store.Query, dict[str, Any]]:
-    """Query criteria and the control options (_summary, _elements, _include, _revinclude)."""
+def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
+          ) -> tuple[store.Query, dict[str, Any]]:
+    """Query criteria and the control options (_summary, _elements, _include, _revinclude).
+
+    Lenient (``strict=False``, the default of the REST search as in HAPI): unknown parameters are
+    ignored and listed in options["ignored"], so the self link can leave them out. A malformed
+    value of a known parameter is always an error."""
     query = store.Query()
-    options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": []}
+    options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": [],
+                               "ignored": []}
     for key, value in pairs:
+        if not strict and _unknown(resource_type, key):
+            options["ignored"].append(key)
+            continue
         if key in ("_format", "_pretty"):
             continue
         if key == "_count":
@@ -83,6 +92,13 @@ def parse(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[store.Query
     return query, options
 
 
+def _unknown(resource_type: str, key: str) -> bool:
+    if key in CONTROL or key in ("_id", "_lastUpdated"):
+        return False
+    name = key.split(":")[0].split(".")[0]
+    return name.startswith("_") or name not in PARAMS.get(resource_type, {})
+
+
 def _shape(content: dict[str, Any], elements: list[str] | None) -> dict[str, Any]:
     if not elements:
         return content
@@ -94,11 +110,12 @@ def _shape(content: dict[str, Any], elements: list[str] | None) -> dict[str, Any
     return out
 
 
-def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: str) -> dict[str, Any]:
-    query, options = parse(resource_type, pairs)
+def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = True
+           ) -> dict[str, Any]:
+    query, options = parse(resource_type, pairs, strict)
     count_only = options["summary"] == "count" or query.count == 0
     matches, total = store.search(s, resource_type, query, count_only=count_only)
-    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_format", "_pretty")]
+    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_format", "_pretty", *options["ignored"])]
 
     def link(relation: str, offset: int) -> dict[str, str]:
         params = kept + ([("_offset", str(offset))] if offset else [])
