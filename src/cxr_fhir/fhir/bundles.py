@@ -20,6 +20,8 @@ from fhir.resources.R4B.bundle import Bundle
 from ..storage.tables import Analysis, Patient, Report, Study
 from . import mapping
 
+PATIENT_ID_SYSTEM = "urn:cxr-fhir:patient"
+
 
 def _escape(text: str) -> str:
     """FHIR search escaping: a bare ',' would mean OR and '|' would split system from value."""
@@ -37,6 +39,18 @@ def _portable(resource) -> dict[str, Any]:
     meta = {k: v for k, v in wire.pop("meta", {}).items() if k == "security"}
     if meta:
         wire["meta"] = meta
+    return wire
+
+
+def _with_match_identifier(wire: dict[str, Any], patient: Patient) -> dict[str, Any]:
+    """A patient without an MRN is matched in the EHR by our own id, so a retry finds the patient
+    it created the first time instead of creating another. Its identifier goes first: the
+    conditional create uses identifier[0]."""
+    identifiers = [i for i in wire.get("identifier", []) if i.get("value")]
+    if not patient.mrn:
+        ours = {"system": PATIENT_ID_SYSTEM, "value": patient.id}
+        identifiers = [ours] + [i for i in identifiers if (i.get("system"), i["value"]) != (ours["system"], ours["value"])]
+    wire["identifier"] = identifiers
     return wire
 
 
@@ -59,7 +73,7 @@ def ehr_transaction(patient: Patient, study: Study, analysis: Analysis, report: 
         return wire
 
     entries = []
-    pt = _portable(mapping.patient(patient))
+    pt = _with_match_identifier(_portable(mapping.patient(patient)), patient)
     entries.append({"fullUrl": urls["patient"], "resource": pt,
                     "request": {"method": "POST", "url": "Patient",
                                 "ifNoneExist": f"identifier={_token(pt['identifier'][0])}"}})

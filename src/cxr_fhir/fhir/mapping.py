@@ -33,6 +33,7 @@ COMPONENT_SYSTEM = "urn:cxr-fhir:component"
 REPORT_ID_SYSTEM = "urn:cxr-fhir:report"
 OBSERVATION_ID_SYSTEM = "urn:cxr-fhir:observation"
 DEVICE_ID_SYSTEM = "urn:cxr-fhir:model-manifest-sha256"
+EHR_DELIVERY_STATUS_URL = "urn:cxr-fhir:ehr-delivery-status"
 
 # R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
 STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
@@ -163,7 +164,7 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
 
 
 def diagnostic_report(report: Report, analysis: Analysis, study: Study, results: list[Observation],
-                      overlay_png: bytes | None = None) -> DiagnosticReport:
+                      overlay_png: bytes | None = None, delivery_status: str | None = None) -> DiagnosticReport:
     data: dict[str, Any] = {
         "id": report.id, "meta": _meta(report.version_id, report.updated_at, ai=True),
         "identifier": [{"system": REPORT_ID_SYSTEM, "value": report.id}],
@@ -183,6 +184,8 @@ def diagnostic_report(report: Report, analysis: Analysis, study: Study, results:
         top = analysis.top3[0]["finding"]
         data["presentedForm"] = [{"contentType": "image/png", "title": f"Heatmap overlay: {BY_NAME[top].display}",
                                   "data": base64.b64encode(overlay_png).decode()}]
+    if delivery_status:  # pending | delivered | failed (services.outbox.DeliveryStatus.fhir_code)
+        data["extension"] = [{"url": EHR_DELIVERY_STATUS_URL, "valueCode": delivery_status}]
     return DiagnosticReport(**data)
 
 
