@@ -127,13 +127,16 @@ class DeliveryWorker:
         LOCKED, so concurrent workers pick different rows without waiting. SQLite: the single UPDATE
         statement runs under the database's one write lock, which is as atomic."""
         now = utcnow()
+        # correlate(None): the candidate is picked from the whole table, not from the row being updated.
         candidate = (select(OutboxDelivery.id).where(_claimable(now))
-                     .order_by(OutboxDelivery.next_attempt_at, OutboxDelivery.created_at).limit(1))
+                     .order_by(OutboxDelivery.next_attempt_at, OutboxDelivery.created_at).limit(1).correlate(None))
         if self.engine.dialect.name == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True, of=OutboxDelivery)
         stmt = (update(OutboxDelivery)
                 # The conditions again: PostgreSQL re-checks them on the locked row at UPDATE time.
-                .where(col(OutboxDelivery.id).in_(candidate.scalar_subquery()), _claimable(now))
+                # "id = (subquery)", not "id IN": PostgreSQL then runs the subquery once (an InitPlan);
+                # with IN it may re-run it per row and lock one more row each time.
+                .where(OutboxDelivery.id == candidate.scalar_subquery(), _claimable(now))
                 .values(claimed_by=self.worker_id, claimed_until=now + self.policy.lease)
                 .returning(OutboxDelivery.id))
         with session_scope(self.engine) as s:
