@@ -188,8 +188,8 @@ class DeliveryWorker:
                 if isinstance(error, PermanentError) or attempt >= self.policy.max_attempts or too_old:
                     row.status = "dead"
                     if not isinstance(error, PermanentError):
-                        row.last_error = (f"gave up after {attempt} attempts"
-                                          f"{' and ' + str(self.policy.max_age) if too_old else ''}: {error.reason}")
+                        row.last_error = (f"gave up after {attempt} attempt(s)"
+                                          f"{' and the maximum age' if too_old else ''}: {error.reason}")
                 else:
                     wait = self.policy.backoff_s(attempt)
                     if isinstance(error, TransientError) and error.retry_after_s is not None:
