@@ -30,29 +30,11 @@ from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
-from support.ehr_server import EhrServer, require_sekmet
+from support.ehr_server import EhrServer, ehr, own_ehr, require_sekmet  # noqa: F401 (fixtures)
 from support.reports import MRN_SYSTEM, make_report
 
 CLI = str(Path(sys.executable).parent / "cxr-fhir")
 FAST = Policy(retry_base_s=0.2, retry_max_s=1.0, lease=timedelta(seconds=30), poll_s=0.1)
-
-
-@pytest.fixture(scope="module")
-def ehr(tmp_path_factory):
-    require_sekmet()
-    server = EhrServer(tmp_path_factory.mktemp("ehr"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_ehr(tmp_path):
-    """A server of this test's own, which the test may stop and restart."""
-    require_sekmet()
-    server = EhrServer(tmp_path / "ehr")
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -223,7 +205,8 @@ def _cli_env(tmp_path, db_url, base_url, **extra) -> dict[str, str]:
 
 def test_worker_process_killed_while_pending_then_restarted(tmp_path, sqlite_engine, own_ehr, images):
     made = [make_report(sqlite_engine, images) for _ in range(4)]
-    env = _cli_env(tmp_path, str(sqlite_engine.url), own_ehr.base_url)
+    # A worker killed mid-attempt leaves that row claimed until its lease runs out: keep it short.
+    env = _cli_env(tmp_path, str(sqlite_engine.url), own_ehr.base_url, CXR_EHR_LEASE_S="2")
     proc = subprocess.Popen([CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

@@ -143,3 +143,29 @@ def test_401_fetches_a_fresh_credential_once(engine, tmp_path, scripted):
     Scripted.answers = [(401, {}, _oo("token revoked")), OK]
     assert worker.drain() == 1
     assert _row(engine).status == "delivered" and Scripted.received == 2
+
+
+def test_what_we_send_and_show_is_valid_r4(engine, tmp_path):
+    """The transaction Bundle (patient with and without MRN) and the DiagnosticReport carrying its
+    delivery status, through the independent validator."""
+    from cxr_fhir.ehr.worker import build_bundle
+    from cxr_fhir.fhir import mapping
+    from cxr_fhir.services.outbox import OutboxService
+    from cxr_fhir.storage.repositories import ReportRepository, StudyRepository
+    from cxr_fhir.storage.tables import Analysis
+    from support.fhir_validator import validate
+
+    images = ImageStore(tmp_path / "img")
+    made = make_report(engine, images)
+    with Session(engine) as s:
+        bundle = build_bundle(s, images, made.report_id)
+        report = ReportRepository(s).get(made.report_id)
+        study = StudyRepository(s).get(made.study_id)
+        analysis = s.get(Analysis, made.analysis_id)
+        code = OutboxService(engine).status_for_report(made.report_id).fhir_code
+        dr = mapping.to_wire(mapping.diagnostic_report(report, analysis, study,
+                                                       mapping.observations(analysis, study, report),
+                                                       delivery_status=code))
+    assert dr["extension"] == [{"url": "urn:cxr-fhir:ehr-delivery-status", "valueCode": "pending"}]
+    results = validate([bundle, dr])
+    assert [r["issues"] for r in results] == [[], []], json.dumps(results, indent=1)

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -108,5 +107,20 @@ def require_sekmet() -> None:
         pytest.skip(f"sekmet FHIR server not installed at {SEKMET} (run 'make .venv-sekmet/bin/sekmet' or 'make test')")
 
 
-def token_param(system: str, value: str) -> str:
-    return quote(f"{system}|{value}", safe="")
+@pytest.fixture(scope="module")
+def ehr(tmp_path_factory):
+    """One EHR for a test module (import this fixture into the module)."""
+    require_sekmet()
+    server = EhrServer(tmp_path_factory.mktemp("ehr"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_ehr(tmp_path):
+    """An EHR of the test's own, not started: the test starts, stops and restarts it."""
+    require_sekmet()
+    server = EhrServer(tmp_path / "ehr")
+    yield server
+    server.stop()

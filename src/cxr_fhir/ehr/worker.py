@@ -174,7 +174,8 @@ class DeliveryWorker:
         with session_scope(self.engine) as s:
             row = s.exec(select(OutboxDelivery).where(OutboxDelivery.id == row_id).with_for_update()
                          .execution_options(populate_existing=True)).one()
-            if row.status != "pending":  # settled meanwhile (e.g. by an operator); keep that
+            if row.status != "pending":  # settled meanwhile (our lease ran out): keep that, audit ours
+                self._audit(s, row_id, report_id, attempt, error, "superseded attempt")
                 return row.status
             row.attempts, row.claimed_by, row.claimed_until = attempt, None, None
             if error is None:
@@ -198,10 +199,7 @@ class DeliveryWorker:
             s.add(row)
             if row.status != "pending":
                 self._supersede_older(s, row)
-            audit.record(s, action="E", subtype="delivery", agent_type="system", agent_id=self.worker_id,
-                         outcome="0" if error is None else "8", entity_type="DiagnosticReport", entity_id=report_id,
-                         detail=f"outbox {row_id} attempt {attempt}: "
-                                + ("delivered" if error is None else f"{row.status}: {error.reason}")[:1000])
+            self._audit(s, row_id, report_id, attempt, error, row.status)
             status = row.status
         # Ids and status codes only: the reason may quote the EHR, which may quote patient data.
         log.info("ehr delivery attempt", extra={"outbox": row_id, "report": report_id, "attempt": attempt,
@@ -209,6 +207,13 @@ class DeliveryWorker:
                                                 if error else result.status,
                                                 "error": type(error).__name__ if error else None})
         return status
+
+    def _audit(self, s: Session, row_id: str, report_id: str, attempt: int, error: DeliveryError | None,
+               status: str) -> None:
+        audit.record(s, action="E", subtype="delivery", agent_type="system", agent_id=self.worker_id,
+                     outcome="0" if error is None else "8", entity_type="DiagnosticReport", entity_id=report_id,
+                     detail=f"outbox {row_id} attempt {attempt}: "
+                            + ("delivered" if error is None else f"{status}: {error.reason}")[:1000])
 
     @staticmethod
     def _newest_version(s: Session, row: OutboxDelivery) -> int:
