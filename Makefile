@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 VALIDATOR := tests/fhir_validator/node_modules/.installed
+# The stand-in hospital EHR for the push tests: a real FHIR server, in its own venv (own pins).
+SEKMET    := .venv-sekmet/bin/sekmet
 
 .PHONY: run test install migrate clean
 
@@ -19,6 +21,11 @@ $(VALIDATOR): tests/fhir_validator/package-lock.json
 	cd tests/fhir_validator && npm ci --no-audit --no-fund --silent
 	touch $(VALIDATOR)
 
+$(SEKMET):
+	test -x .venv-sekmet/bin/python || $(PYTHON) -m venv .venv-sekmet
+	.venv-sekmet/bin/pip install --quiet sekmet-fhir==0.1.1
+	test -x $(SEKMET)
+
 install: $(STAMP)
 
 migrate: install
@@ -27,8 +34,8 @@ migrate: install
 run: migrate
 	$(BIN)/cxr-fhir serve
 
-test: install $(VALIDATOR)
+test: install $(VALIDATOR) $(SEKMET)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache tests/fhir_validator/node_modules
+	rm -rf $(VENV) .venv-sekmet var .pytest_cache tests/fhir_validator/node_modules

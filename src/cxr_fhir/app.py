@@ -66,6 +66,10 @@ def ready(state: State) -> Response[dict[str, Any]]:
         checks["models"] = services.model_error or "not loaded"
     checks["ehr_push"] = (f"enabled ({services.settings.ehr_base_url})" if services.settings.ehr_push_enabled
                           else "disabled: CXR_EHR_BASE_URL is not set")
+    if services.settings.ehr_push_enabled and checks["migrations"] == "ok":
+        # Information, not a readiness condition: a backlog means the EHR is slow, not that we are.
+        from .services.outbox import OutboxService
+        checks["ehr_outbox"] = OutboxService(services.engine).backlog()
     ok = (checks["database"] == "ok" and checks["migrations"] == "ok"
           and (checks["models"] == "ok" or not services.settings.load_models))
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
@@ -130,9 +134,18 @@ def create_app(settings: Settings) -> Litestar:
                                    "ehr_push": settings.ehr_push_enabled})
         if settings.load_models:
             load_models(services)
+        worker = None
+        if settings.ehr_push_enabled:
+            from .ehr.worker import start_in_thread
+            worker = start_in_thread(services.engine, services.images, settings)
         try:
             yield
         finally:
+            if worker is not None:
+                thread, stop, ehr_worker = worker
+                stop.set()
+                thread.join(timeout=settings.ehr_timeout_s + 5)
+                ehr_worker.client.close()
             services.engine.dispose()
 
     return Litestar(

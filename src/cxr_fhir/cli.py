@@ -242,6 +242,58 @@ def _cmd_clients(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from .ehr.client import EhrClient
+    from .ehr.worker import DeliveryWorker, Policy
+    from .logs import configure_logging
+    from .storage.db import make_engine
+    from .storage.image_store import ImageStore
+
+    configure_logging(settings.log_level)
+    if not settings.ehr_push_enabled:
+        print("error: EHR push is disabled: set CXR_EHR_BASE_URL", file=sys.stderr)
+        return 2
+    worker = DeliveryWorker(make_engine(settings.effective_database_url), ImageStore(settings.effective_image_store_dir),
+                            EhrClient.from_settings(settings), Policy.from_settings(settings))
+    try:
+        if args.once:
+            print(f"handled {worker.drain()} deliveries")
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.run(stop)
+    finally:
+        worker.client.close()
+    return 0
+
+
+def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
+    from .services.outbox import OutboxService, RetryRefused
+    from .storage.db import make_engine
+    from .storage.errors import NotFound
+
+    service = OutboxService(make_engine(settings.effective_database_url))
+    if args.outbox_command == "retry":
+        try:
+            row = service.retry(args.id, actor="cli")
+        except (NotFound, RetryRefused) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"queued {row.id} (report {row.report_id} version {row.report_version}) for delivery now")
+        return 0
+    print("id\treport\tversion\tstatus\tattempts\tnext attempt / delivered\treason")
+    for row in service.list(args.status, args.limit):
+        when = {"pending": row.next_attempt_at, "delivered": row.delivered_at}.get(row.status)
+        reason = (row.last_error or "").replace("\n", " ")
+        print(f"{row.id}\t{row.report_id}\t{row.report_version}\t{row.status}\t{row.attempts}\t"
+              f"{f'{when:%Y-%m-%d %H:%M:%S}' if when else '-'}\t{reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-fhir", description="AI chest X-ray assistant that speaks FHIR R4")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     c_revoke.add_argument("name")
     clients_sub.add_parser("list", help="list clients and their scopes")
     clients.set_defaults(func=_cmd_clients)
+
+    worker = sub.add_parser("worker", help="deliver queued reports to the EHR (also runs inside serve)")
+    worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    worker.set_defaults(func=_cmd_worker)
+
+    outbox = sub.add_parser("outbox", help="EHR deliveries: list, retry")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    o_list = outbox_sub.add_parser("list", help="newest first, with the EHR's reason for failures")
+    o_list.add_argument("--status", choices=["pending", "delivered", "dead"])
+    o_list.add_argument("--limit", type=int, default=100)
+    o_retry = outbox_sub.add_parser("retry", help="queue a failed delivery for an attempt now")
+    o_retry.add_argument("id")
+    outbox.set_defaults(func=_cmd_outbox)
 
     analyze = sub.add_parser("analyze", help="analyse chest X-ray files (models loaded once)")
     analyze.add_argument("files", nargs="+")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,23 @@ class Settings(BaseSettings):
     migrations_dir: Path = Field(default=PROJECT_ROOT / "migrations", description="Alembic scripts")
     secret_key: str | None = Field(default=None, description="Signs sessions; default a random key kept in runtime_dir")
     ehr_base_url: str | None = Field(default=None, description="FHIR base URL of the hospital EHR; unset = push disabled")
+    ehr_auth: Literal["none", "bearer", "smart"] = Field(default="none", description="How we authenticate to the EHR")
+    ehr_token: str | None = Field(default=None, description="Static bearer token (ehr_auth=bearer)")
+    ehr_client_id: str | None = Field(default=None, description="SMART Backend Services client id")
+    ehr_token_url: str | None = Field(default=None, description="SMART token endpoint; default discovered from "
+                                                               "<base>/.well-known/smart-configuration")
+    ehr_private_key_path: Path | None = Field(default=None, description="PEM private key signing the client assertion")
+    ehr_key_id: str | None = Field(default=None, description="kid of that key as registered at the EHR")
+    ehr_scope: str = Field(default="system/*.write", description="Scopes asked of the SMART token endpoint")
+    ehr_ca_bundle: Path | None = Field(default=None, description="CA certificates trusted for the EHR's TLS")
+    ehr_verify_tls: bool = True
+    ehr_timeout_s: float = Field(default=30.0, gt=0)
+    ehr_max_attempts: int = Field(default=12, ge=1, description="Attempts before a delivery is dead-lettered")
+    ehr_max_age_hours: float = Field(default=72.0, gt=0, description="Age after which a delivery is dead-lettered")
+    ehr_retry_base_s: float = Field(default=10.0, gt=0, description="First retry delay; doubles per attempt, jittered")
+    ehr_retry_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts")
+    ehr_lease_s: float = Field(default=300.0, gt=0, description="How long a worker's claim on a delivery lasts")
+    ehr_poll_s: float = Field(default=2.0, gt=0, description="Worker's pause when nothing is due")
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)

@@ -20,7 +20,6 @@ from fhir.resources.R4B.bundle import Bundle
 from ..storage.tables import Analysis, Patient, Report, Study
 from . import mapping
 
-
 def _escape(text: str) -> str:
     """FHIR search escaping: a bare ',' would mean OR and '|' would split system from value."""
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")

@@ -37,6 +37,7 @@ PATIENT_ID_SYSTEM = "urn:cxr-fhir:patient"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 PROVENANCE_ROLE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 US_CORE_DR_NOTE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-diagnosticreport-note"
+EHR_DELIVERY_STATUS_URL = "urn:cxr-fhir:ehr-delivery-status"
 
 # R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
 STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
@@ -172,7 +173,8 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
 
 
 def diagnostic_report(report: Report, analysis: Analysis, study: Study, results: list[Observation],
-                      overlay_png: bytes | None = None, overlay_url: str | None = None) -> DiagnosticReport:
+                      overlay_png: bytes | None = None, overlay_url: str | None = None,
+                      delivery_status: str | None = None) -> DiagnosticReport:
     """The overlay travels inline (``overlay_png``, for the EHR) or as a link to our Binary."""
     meta = _meta(report.version_id, report.updated_at, ai=True)
     meta["profile"] = [US_CORE_DR_NOTE]
@@ -199,6 +201,8 @@ def diagnostic_report(report: Report, analysis: Analysis, study: Study, results:
         else:
             form["url"] = overlay_url
         data["presentedForm"] = [form]
+    if delivery_status:  # pending | delivered | failed (services.outbox.DeliveryStatus.fhir_code)
+        data["extension"] = [{"url": EHR_DELIVERY_STATUS_URL, "valueCode": delivery_status}]
     return DiagnosticReport(**data)
 
 

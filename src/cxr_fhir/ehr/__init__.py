@@ -1,0 +1,1 @@
+"""Delivery of reports to the hospital EHR: HTTP client with auth, outbox worker, status and retry."""

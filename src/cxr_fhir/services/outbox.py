@@ -1,0 +1,93 @@
+"""EHR delivery status and manual retry, for the web pages, the FHIR mapping and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from ..security import audit
+from ..storage.db import session_scope
+from ..storage.errors import NotFound
+from ..storage.tables import OutboxDelivery
+from ..storage.types import utcnow
+
+FHIR_CODE = {"pending": "pending", "delivered": "delivered", "dead": "failed"}
+
+
+class RetryRefused(ValueError):
+    """The delivery cannot be retried (already delivered, or a newer version replaces it)."""
+
+
+@dataclass(frozen=True)
+class DeliveryStatus:
+    outbox_id: str
+    report_version: int
+    status: str  # pending | delivered | dead
+    attempts: int
+    last_error: str | None  # the EHR's reason for the last failure (also while still pending)
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    ehr_ids: list[str]  # the EHR's Type/id of each resource, from its transaction-response
+
+    @property
+    def fhir_code(self) -> str:
+        """The valueCode of the DiagnosticReport's urn:cxr-fhir:ehr-delivery-status extension."""
+        return FHIR_CODE[self.status]
+
+
+def _status(row: OutboxDelivery) -> DeliveryStatus:
+    entries = (row.ehr_response or {}).get("entries", []) if row.status == "delivered" else []
+    return DeliveryStatus(row.id, row.report_version, row.status, row.attempts, row.last_error,
+                          row.next_attempt_at if row.status == "pending" else None, row.delivered_at,
+                          [e["id"] for e in entries if e.get("id")])
+
+
+def _newest(s: Session, report_id: str) -> OutboxDelivery | None:
+    return s.exec(select(OutboxDelivery).where(OutboxDelivery.report_id == report_id)
+                  .order_by(col(OutboxDelivery.report_version).desc(), col(OutboxDelivery.created_at).desc())).first()
+
+
+class OutboxService:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def status_for_report(self, report_id: str) -> DeliveryStatus | None:
+        """The delivery of the report's newest version; None when it was never queued (push off)."""
+        with Session(self.engine) as s:
+            row = _newest(s, report_id)
+            return _status(row) if row else None
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[OutboxDelivery]:
+        with Session(self.engine) as s:
+            stmt = select(OutboxDelivery)
+            if status:
+                stmt = stmt.where(OutboxDelivery.status == status)
+            return list(s.exec(stmt.order_by(col(OutboxDelivery.created_at).desc()).limit(limit)).all())
+
+    def backlog(self) -> dict[str, int]:
+        """Counts for /ready: deliveries still to go, and dead letters awaiting an operator."""
+        with Session(self.engine) as s:
+            rows = dict(s.exec(select(OutboxDelivery.status, func.count()).group_by(OutboxDelivery.status)).all())
+        return {"pending": rows.get("pending", 0), "dead": rows.get("dead", 0)}
+
+    def retry(self, outbox_id: str, actor: str) -> OutboxDelivery:
+        """Queue a failed (or waiting) delivery for an attempt now, with a fresh attempt count.
+        The age limit still counts from when the report changed, so a very old one gets one try."""
+        with session_scope(self.engine) as s:
+            row = s.exec(select(OutboxDelivery).where(OutboxDelivery.id == outbox_id).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"outbox delivery {outbox_id} not found")
+            if row.status == "delivered":
+                raise RetryRefused(f"delivery {outbox_id} was already delivered")
+            newest = _newest(s, row.report_id)
+            if newest.id != row.id:
+                raise RetryRefused(f"report version {row.report_version} is replaced by version "
+                                   f"{newest.report_version} (delivery {newest.id}); retry that one")
+            row.status, row.attempts, row.next_attempt_at = "pending", 0, utcnow()
+            s.add(row)
+            audit.record(s, action="U", subtype="delivery-retry", agent_type="user", agent_id=actor,
+                         entity_type="DiagnosticReport", entity_id=row.report_id, detail=f"outbox {row.id}")
+            return row
