@@ -24,10 +24,11 @@ from cxr_fhir.ehr.client import EhrClient
 from cxr_fhir.ehr.worker import DeliveryWorker, Policy
 from cxr_fhir.fhir.mapping import OBSERVATION_ID_SYSTEM, REPORT_ID_SYSTEM
 from cxr_fhir.services.outbox import OutboxService
+from cxr_fhir.security.clients import create_client
 from cxr_fhir.services.reports import ReportService
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import make_engine
+from cxr_fhir.storage.db import make_engine, session_scope
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
 from support.ehr_server import EhrServer, ehr, own_ehr, require_sekmet  # noqa: F401 (fixtures)
@@ -395,5 +396,14 @@ def test_app_runs_the_worker_and_ready_shows_the_backlog(tmp_path, ehr, images):
         assert r.status_code == 200, r.text
         assert r.json()["checks"]["ehr_outbox"] == {"pending": 0, "dead": 0}
         assert r.json()["checks"]["ehr_push"].startswith("enabled")
+        # The FHIR API shows the delivery status on the report, without a new report version.
+        with session_scope(engine) as s:
+            token = create_client(s, "ehr-status", ["system/DiagnosticReport.read"], created_by="t")[1]
+        auth = {"Authorization": f"Bearer {token}"}
+        dr = client.get(f"/fhir/DiagnosticReport/{made.report_id}", headers=auth).json()
+        assert dr["extension"] == [{"url": "urn:cxr-fhir:ehr-delivery-status", "valueCode": "delivered"}]
+        assert dr["meta"]["versionId"] == "1"
+        found = client.get(f"/fhir/DiagnosticReport?_id={made.report_id}", headers=auth).json()
+        assert found["entry"][0]["resource"]["extension"][0]["valueCode"] == "delivered"
     assert _counts(ehr, made) == ONCE
     engine.dispose()

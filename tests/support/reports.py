@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from cxr_fhir.fhir import projection
 from cxr_fhir.services.reports import enqueue_delivery
 from cxr_fhir.storage.db import session_scope
 from cxr_fhir.storage.image_store import ImageStore
@@ -58,5 +59,9 @@ def make_report(engine, images: ImageStore, queue: bool = True, mrn: str | None 
         s.flush()
         r = ReportRepository(s).create(Report(study_id=st.id, analysis_id=a.id,
                                               conclusion="AI draft: pleural effusion likely."), actor="system")
+        # What the analysis service does too: the FHIR API serves these rows from its store.
+        projection.patient(s, p)
+        projection.study(s, st)
+        projection.results(s, st, a, r)
         row = enqueue_delivery(s, r) if queue else None
         return Made(p.id, mrn, st.id, uid, a.id, r.id, row.id if row else None)

@@ -26,6 +26,7 @@ from ..storage.db import session_scope
 from ..storage.tables import ApiClient
 from . import analyze, audit_events, errors, interactions, search, transactions
 from .capability import capability_statement
+from .delivery import with_delivery_status
 from .interactions import Result
 from .providers import Actor
 
@@ -284,7 +285,8 @@ def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> 
             if resource_type == "AuditEvent":
                 return respond(request, audit_events.read(s, rid))
             result = interactions.read(s, resource_type, rid)
-        return respond(request, result.resource, 200, _resource_headers(request, result))
+            body = with_delivery_status(s, result.resource)
+        return respond(request, body, 200, _resource_headers(request, result))
 
     access = None if resource_type == "OperationDefinition" else "read"
     return _guarded(request, "read", resource_type, rid, access, work)

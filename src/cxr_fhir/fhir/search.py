@@ -9,6 +9,7 @@ from sqlmodel import Session
 
 from ..storage.tables import FhirResource
 from . import errors, store
+from .delivery import with_delivery_status
 from .search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
 
 DEFAULT_COUNT, MAX_COUNT = 20, 500
@@ -129,16 +130,17 @@ def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: s
         out["link"].append(link("next", query.offset + query.count))
     if query.offset > 0:
         out["link"].append(link("previous", max(0, query.offset - query.count)))
-    entries = [_entry(row, base, "match", options["elements"]) for row in matches]
+    entries = [_entry(s, row, base, "match", options["elements"]) for row in matches]
     for extra in _included(s, resource_type, matches, options):
-        entries.append(_entry(extra, base, "include", None))
+        entries.append(_entry(s, extra, base, "include", None))
     if entries:
         out["entry"] = entries
     return out
 
 
-def _entry(row: FhirResource, base: str, mode: str, elements: list[str] | None) -> dict[str, Any]:
-    return {"fullUrl": f"{base}/{row.resource_type}/{row.id}", "resource": _shape(row.content, elements),
+def _entry(s: Session, row: FhirResource, base: str, mode: str, elements: list[str] | None) -> dict[str, Any]:
+    content = with_delivery_status(s, row.content)
+    return {"fullUrl": f"{base}/{row.resource_type}/{row.id}", "resource": _shape(content, elements),
             "search": {"mode": mode}}
 
 

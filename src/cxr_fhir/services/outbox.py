@@ -45,7 +45,7 @@ def _status(row: OutboxDelivery) -> DeliveryStatus:
                           [e["id"] for e in entries if e.get("id")])
 
 
-def _newest(s: Session, report_id: str) -> OutboxDelivery | None:
+def newest(s: Session, report_id: str) -> OutboxDelivery | None:
     return s.exec(select(OutboxDelivery).where(OutboxDelivery.report_id == report_id)
                   .order_by(col(OutboxDelivery.report_version).desc(), col(OutboxDelivery.created_at).desc())).first()
 
@@ -57,7 +57,7 @@ class OutboxService:
     def status_for_report(self, report_id: str) -> DeliveryStatus | None:
         """The delivery of the report's newest version; None when it was never queued (push off)."""
         with Session(self.engine) as s:
-            row = _newest(s, report_id)
+            row = newest(s, report_id)
             return _status(row) if row else None
 
     def list(self, status: str | None = None, limit: int = 100) -> list[OutboxDelivery]:
@@ -82,10 +82,10 @@ class OutboxService:
                 raise NotFound(f"outbox delivery {outbox_id} not found")
             if row.status == "delivered":
                 raise RetryRefused(f"delivery {outbox_id} was already delivered")
-            newest = _newest(s, row.report_id)
-            if newest.id != row.id:
+            latest = newest(s, row.report_id)
+            if latest.id != row.id:
                 raise RetryRefused(f"report version {row.report_version} is replaced by version "
-                                   f"{newest.report_version} (delivery {newest.id}); retry that one")
+                                   f"{latest.report_version} (delivery {latest.id}); retry that one")
             row.status, row.attempts, row.next_attempt_at = "pending", 0, utcnow()
             s.add(row)
             audit.record(s, action="U", subtype="delivery-retry", agent_type="user", agent_id=actor,
