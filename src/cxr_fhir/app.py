@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from anyio import to_thread
 from litestar import Litestar, Request, get
 from litestar.exceptions import HTTPException
 from litestar.datastructures import State
@@ -18,6 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .fhir.routes import fhir_error_response, fhir_router, is_fhir_path
+from .services.analysis import AnalysisService
+from .services.queue import InferenceQueue
 from .settings import Settings
 from .storage import migrate
 from .storage.db import make_engine
@@ -33,9 +38,15 @@ class Services:
     settings: Settings
     engine: Engine
     images: ImageStore
-    # Filled in by the lifespan once the models are loaded (inference issue); None = not loaded.
+    queue: InferenceQueue
+    # Filled in by the lifespan once the models are loaded; None = not loaded.
     models: Any = None
     model_error: str | None = None
+
+    def analysis(self) -> AnalysisService:
+        """The upload use case as the pages and $analyze run it (models loaded: check before)."""
+        return AnalysisService(self.engine, self.images, self.models, self.settings.ehr_push_enabled,
+                               self.settings.max_image_pixels, self.queue)
 
 
 @get("/health", sync_to_thread=False, include_in_schema=False)
@@ -115,6 +126,17 @@ def _access_log(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+async def _sweep_interrupted(services: Services) -> None:
+    """At start and every minute: studies a dead process left queued or analysing become failed."""
+    timeout = timedelta(seconds=services.settings.analysis_timeout_s)
+    while True:
+        try:
+            await to_thread.run_sync(AnalysisService.fail_interrupted_in, services.engine, timeout)
+        except Exception:  # the database may be down for a while: try again next round
+            log.exception("sweep of interrupted analyses failed")
+        await asyncio.sleep(60)
+
+
 def _app_errors(request: Request, exc: HTTPException) -> Response:
     """Errors raised before a route is found (unknown path, wrong method) under /fhir are
     OperationOutcomes too."""
@@ -126,7 +148,8 @@ def _app_errors(request: Request, exc: HTTPException) -> Response:
 
 def create_app(settings: Settings) -> Litestar:
     services = Services(settings=settings, engine=make_engine(settings.effective_database_url),
-                        images=ImageStore(settings.effective_image_store_dir))
+                        images=ImageStore(settings.effective_image_store_dir),
+                        queue=InferenceQueue(settings.max_queued_analyses))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -134,6 +157,7 @@ def create_app(settings: Settings) -> Litestar:
                                    "ehr_push": settings.ehr_push_enabled})
         if settings.load_models:
             load_models(services)
+        sweeper = asyncio.create_task(_sweep_interrupted(services))
         worker = None
         if settings.ehr_push_enabled:
             from .ehr.worker import start_in_thread
@@ -141,6 +165,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            sweeper.cancel()
             if worker is not None:
                 thread, stop, ehr_worker = worker
                 stop.set()

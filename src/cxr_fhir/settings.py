@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=80_000_000, gt=0, description="Decompression-bomb guard")
     inference_threads: int = Field(default=2, ge=1)
+    max_queued_analyses: int = Field(default=16, ge=0, description="Uploads waiting for the models; more get 503")
+    analysis_timeout_s: int = Field(default=300, ge=10,
+                                    description="A study queued or analysing longer than this was interrupted")
     load_models: bool = Field(default=True, description="Load the inference models at start-up")
     log_level: str = "INFO"
     secure_cookies: bool = False

@@ -228,3 +228,33 @@ def test_analyze_refusals(env):
     assert r.status_code == 403
     listing = client.get(f"/fhir/ImagingStudy?patient={pid}", headers=_h(token)).json()
     assert listing["total"] == 0  # nothing was stored for any refusal
+
+
+def test_full_queue_and_unwritable_image_store_are_503_and_store_nothing(env, tmp_path):
+    from contextlib import ExitStack
+
+    from cxr_fhir.storage.image_store import ImageStore
+
+    client, token, images = env
+    pid = _patient(client, token, "AN-6")
+    services = client.app.state.services
+    url = f"/fhir/ImagingStudy/$analyze?subject=Patient/{pid}"
+    with ExitStack() as held:  # every slot taken, as by other uploads in progress
+        for _ in range(services.queue.capacity):
+            held.enter_context(services.queue.admitted())
+        r = client.post(url, content=images[0].read_bytes(), headers=_h(token, "image/png"))
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "queue is full" in r.text
+
+    broken = ImageStore(tmp_path / "images")
+    (tmp_path / "images").rmdir()
+    (tmp_path / "images").write_text("x")  # now every write fails, as on a full or read-only disk
+    kept = services.images
+    services.images = broken
+    try:
+        r = client.post(url, content=images[0].read_bytes(), headers=_h(token, "image/png"))
+    finally:
+        services.images = kept
+    assert r.status_code == 503 and r.headers["retry-after"] == "30" and "nothing was stored" in r.text
+    assert client.get(f"/fhir/ImagingStudy?patient={pid}", headers=_h(token)).json()["total"] == 0
+    ok = client.post(url, content=images[0].read_bytes(), headers=_h(token, "image/png"))
+    assert ok.status_code == 200  # and the service goes on once the fault is gone

@@ -9,10 +9,10 @@ from typing import Any
 
 from ..imaging import ImageRejected, load
 from ..imaging.loader import sniff
-from ..services.analysis import AnalysisService
+from ..services.queue import Saturated
 from ..services.patients import PatientInput, PatientInvalid, PatientService
 from ..storage.db import session_scope
-from ..storage.errors import Gone, NotFound
+from ..storage.errors import Gone, NotFound, StoreUnavailable
 from ..storage.repositories import PatientRepository
 from . import errors, store
 
@@ -99,9 +99,12 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) 
                                headers={"Retry-After": "30"})
     try:
         patient_id = _patient_for(services, data, subject, actor)
-        service = AnalysisService(services.engine, services.images, services.models,
-                                  services.settings.ehr_push_enabled, services.settings.max_image_pixels)
-        uploaded = service.upload(patient_id, data, None, actor)
+        uploaded = services.analysis().upload(patient_id, data, None, actor)
+    except Saturated as exc:
+        raise errors.FhirError(503, str(exc), "transient", headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except StoreUnavailable as exc:
+        raise errors.FhirError(503, f"{exc}; nothing was stored, try again", "transient",
+                               headers={"Retry-After": "30"}) from exc
     except ImageRejected as exc:
         raise errors.FhirError(422, f"image refused ({exc.code}): {exc.reason}", "invalid", ["Binary.data"]) from exc
     except NotFound as exc:

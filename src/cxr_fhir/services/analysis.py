@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from datetime import timedelta
 
 from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from ..domain.report import conclusion
 from ..fhir import projection
 from ..imaging import ImageRejected, XRayImage, load
-from ..inference.pipeline import Pipeline
 from ..storage.db import session_scope
+from ..storage.errors import StoreUnavailable
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from ..storage.tables import Analysis, Report, Study
+from ..storage.types import utcnow
+from .queue import InferenceQueue
 from .reports import enqueue_delivery
+
+if TYPE_CHECKING:  # the models load only where they run, not wherever this module is imported
+    from ..inference.pipeline import Pipeline
 
 log = logging.getLogger("cxr_fhir.analysis")
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # SOP class for images that did not come as DICOM
@@ -36,24 +44,48 @@ class Uploaded:
 
 class AnalysisService:
     def __init__(self, engine: Engine, images: ImageStore, pipeline: Pipeline, push_enabled: bool,
-                 max_image_pixels: int):
+                 max_image_pixels: int, queue: InferenceQueue | None = None):
         self.engine, self.images, self.pipeline = engine, images, pipeline
         self.push_enabled, self.max_image_pixels = push_enabled, max_image_pixels
+        self.queue = queue or InferenceQueue(max_waiting=1_000_000)
 
     def upload(self, patient_id: str, data: bytes, filename: str | None, actor: str) -> Uploaded:
-        """Raises ImageRejected (nothing stored) or storage NotFound/Gone for the patient."""
+        """Raises ImageRejected (nothing stored), Saturated (queue full, nothing stored),
+        StoreUnavailable (image store or database failing, nothing half-written) or storage
+        NotFound/Gone for the patient."""
         image = load(data, self.max_image_pixels)
-        self.pipeline.check_plausible(image)
-        study = self._store(patient_id, image, data, filename, actor)
-        try:
-            return self._analyse(study, image)
-        except Exception as exc:  # one image's failure must not take the service down
-            log.exception("analysis failed", extra={"study": study.id})
-            return Uploaded(self._mark_failed(study, f"analysis failed: {type(exc).__name__}"), None, None)
+        with self.queue.admitted():
+            self.pipeline.check_plausible(image)
+            study = self._store(patient_id, image, data, filename, actor)
+            try:
+                return self._analyse(study, image)
+            except Exception as exc:  # one image's failure must not take the service down
+                log.exception("analysis failed", extra={"study": study.id})
+                return Uploaded(self._mark_failed(study, f"analysis failed: {type(exc).__name__}"), None, None)
+
+    @staticmethod
+    def fail_interrupted_in(engine: Engine, older_than: timedelta) -> int:
+        """Studies left queued or analysing by a process that died: mark them failed, visibly.
+        Only those older than any analysis could take, so another instance's work is untouched."""
+        cutoff = utcnow() - older_than
+        with session_scope(engine) as s:
+            stuck = s.exec(select(Study).where(col(Study.status).in_(("queued", "analyzing")),
+                                               col(Study.deleted_at).is_(None), Study.updated_at < cutoff)).all()
+            for row in stuck:
+                failed = StudyRepository(s).update(row.id, {"status": "failed", "failure_reason":
+                                                            "interrupted: the service stopped during the analysis; "
+                                                            "upload the image again"}, actor="system")
+                projection.study(s, failed)
+        if stuck:
+            log.warning("interrupted analyses marked failed", extra={"count": len(stuck)})
+        return len(stuck)
 
     def _analyse(self, study: Study, image: XRayImage) -> Uploaded:
         result = self.pipeline.run(image, check_plausible=False)
-        overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
+        try:
+            overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
+        except OSError:  # the overlays are part of the result: without them the study fails, visibly
+            return Uploaded(self._mark_failed(study, "the image store cannot be written (overlays)"), None, None)
         with session_scope(self.engine) as s:
             analysis = Analysis(study_id=study.id, model_name=result.model["name"],
                                 model_version=result.model["version"], manifest_sha256=result.model["manifest_sha256"],
@@ -94,7 +126,12 @@ class AnalysisService:
         md = image.metadata
         with session_scope(self.engine) as s:
             PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
-            digest = self.images.put(data)
+            try:
+                digest = self.images.put(data)
+            except OSError as exc:  # disk full, read-only, permissions: no file, so no row either
+                log.error("image store write failed", extra={"error": type(exc).__name__})
+                raise StoreUnavailable(f"the image store cannot be written ({exc.strerror or type(exc).__name__})") \
+                    from exc
             study = StudyRepository(s).create(Study(
                 patient_id=patient_id, content_sha256=digest, original_filename=(filename or "")[:255] or None,
                 media_type=image.media_type, size_bytes=len(data),
@@ -106,7 +143,7 @@ class AnalysisService:
                 accession_number=md.get("accession_number"),
                 modality=md.get("modality") or "DX", view_position=md.get("view_position"),
                 acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
-                status="analyzing", uploaded_by=actor), actor=actor)
+                status="queued", uploaded_by=actor), actor=actor)
             projection.study(s, study)
             return study
 

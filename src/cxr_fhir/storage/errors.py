@@ -17,3 +17,7 @@ class VersionConflict(StorageError):
     def __init__(self, expected: int, actual: int):
         super().__init__(f"version conflict: expected version {expected}, current is {actual}")
         self.expected, self.actual = expected, actual
+
+
+class StoreUnavailable(StorageError):
+    """The image store or the database cannot take a write now; nothing was half-written."""
