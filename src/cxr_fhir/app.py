@@ -124,10 +124,15 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             services.engine.dispose()
 
+    from .web import web_config  # the doctor's pages (templates, CSRF and error pages scoped to them)
+
+    web = web_config(settings)
     return Litestar(
-        route_handlers=[health, ready],
+        route_handlers=[health, ready, *web.route_handlers],
+        template_config=web.template_config, csrf_config=web.csrf_config,
+        exception_handlers=web.exception_handlers,
         state=State({"services": services}),
         lifespan=[lifespan],
-        middleware=[_access_log],
+        middleware=[_access_log, *web.middleware],
         logging_config=None,  # the process entry point (cli.py) configures JSON logging
     )
