@@ -31,11 +31,11 @@
     var t = evt.target;
     if (t.matches && t.matches("form.upload input[type=file]") && t.files.length) submitUpload(t.form);
     if (t.matches && t.matches("#toggle-boxes")) {
-      document.querySelectorAll(".stage .boxes").forEach(function (svg) { svg.hidden = !t.checked; });
+      document.querySelectorAll(".stage .boxes").forEach(function (svg) { svg.toggleAttribute("hidden", !t.checked); });
     }
     if (t.matches && t.matches("input[name=heatmap]")) {
       document.querySelectorAll(".stage img.overlay").forEach(function (img) {
-        img.hidden = img.dataset.finding !== t.value;
+        img.toggleAttribute("hidden", img.dataset.finding !== t.value);
       });
     }
   });
