@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 VALIDATOR := tests/fhir_validator/node_modules/.installed
 
-.PHONY: run test install migrate clean
+.PHONY: run test install migrate clean chromium static
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ migrate: install
 run: migrate
 	$(BIN)/cxr-fhir serve
 
-test: install $(VALIDATOR)
+# The browser tests drive the Debian chromium through Playwright; a no-op when it is installed.
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+# htmx is vendored (committed) in static/vendor/; this refreshes it from the pinned npm package.
+static:
+	cd static && npm ci --no-audit --no-fund --silent && cp node_modules/htmx.org/dist/htmx.min.js vendor/htmx.min.js
+
+test: install $(VALIDATOR) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
