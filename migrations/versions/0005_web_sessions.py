@@ -1,7 +1,7 @@
 """web_session: server-side login sessions of the web pages
 
 Revision ID: 0005_web
-Revises: 0002 (becomes 0003_fhir_store once main's FHIR store migration is merged)
+Revises: 0003_fhir_store
 """
 from typing import Sequence, Union
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from cxr_fhir.storage.types import UTCDateTime
 
 revision: str = "0005_web"
-down_revision: Union[str, None] = "0002"
+down_revision: Union[str, None] = "0003_fhir_store"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Litestar, get
+from litestar import Litestar, Request, get
+from litestar.exceptions import HTTPException
 from litestar.datastructures import State
 from litestar.response import Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from .fhir.routes import fhir_error_response, fhir_router, is_fhir_path
 from .settings import Settings
 from .storage import migrate
 from .storage.db import make_engine
@@ -109,6 +111,15 @@ def _access_log(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _app_errors(request: Request, exc: HTTPException) -> Response:
+    """Errors raised before a route is found (unknown path, wrong method) under /fhir are
+    OperationOutcomes too."""
+    if is_fhir_path(request.url.path):
+        return fhir_error_response(request, exc)
+    return Response({"detail": exc.detail, "status_code": exc.status_code}, status_code=exc.status_code,
+                    headers=exc.headers)
+
+
 def create_app(settings: Settings) -> Litestar:
     services = Services(settings=settings, engine=make_engine(settings.effective_database_url),
                         images=ImageStore(settings.effective_image_store_dir))
@@ -126,9 +137,9 @@ def create_app(settings: Settings) -> Litestar:
 
     from .web import web_config  # the doctor's pages (templates, CSRF and error pages scoped to them)
 
-    web = web_config(settings)
+    web = web_config(settings, api_errors=_app_errors)
     return Litestar(
-        route_handlers=[health, ready, *web.route_handlers],
+        route_handlers=[health, ready, fhir_router(settings.max_upload_bytes), *web.route_handlers],
         template_config=web.template_config, csrf_config=web.csrf_config,
         exception_handlers=web.exception_handlers,
         state=State({"services": services}),

@@ -33,6 +33,10 @@ COMPONENT_SYSTEM = "urn:cxr-fhir:component"
 REPORT_ID_SYSTEM = "urn:cxr-fhir:report"
 OBSERVATION_ID_SYSTEM = "urn:cxr-fhir:observation"
 DEVICE_ID_SYSTEM = "urn:cxr-fhir:model-manifest-sha256"
+PATIENT_ID_SYSTEM = "urn:cxr-fhir:patient"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
+PROVENANCE_ROLE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+US_CORE_DR_NOTE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-diagnosticreport-note"
 
 # R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
 STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
@@ -60,11 +64,16 @@ def patient(row: Patient) -> FhirPatient:
     name: dict[str, Any] = {"family": row.family}
     if row.given:
         name["given"] = row.given.split()
+    # A patient without an MRN is identified by our own id, so the EHR can still match it
+    # (conditional create) without duplicates.
+    if row.mrn:
+        identifiers = [{"use": "usual", "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+                        "system": row.mrn_system, "value": row.mrn}]
+    else:
+        identifiers = [{"use": "secondary", "system": PATIENT_ID_SYSTEM, "value": row.id}]
     data: dict[str, Any] = {
         "id": row.id, "meta": _meta(row.version_id, row.updated_at),
-        "identifier": [{"use": "usual", "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
-                        "system": row.mrn_system, "value": row.mrn}],
-        "active": row.deleted_at is None, "name": [name], "gender": row.sex,
+        "identifier": identifiers, "active": row.deleted_at is None, "name": [name], "gender": row.sex,
     }
     if row.birth_date:
         data["birthDate"] = row.birth_date.isoformat()
@@ -163,9 +172,12 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
 
 
 def diagnostic_report(report: Report, analysis: Analysis, study: Study, results: list[Observation],
-                      overlay_png: bytes | None = None) -> DiagnosticReport:
+                      overlay_png: bytes | None = None, overlay_url: str | None = None) -> DiagnosticReport:
+    """The overlay travels inline (``overlay_png``, for the EHR) or as a link to our Binary."""
+    meta = _meta(report.version_id, report.updated_at, ai=True)
+    meta["profile"] = [US_CORE_DR_NOTE]
     data: dict[str, Any] = {
-        "id": report.id, "meta": _meta(report.version_id, report.updated_at, ai=True),
+        "id": report.id, "meta": meta,
         "identifier": [{"system": REPORT_ID_SYSTEM, "value": report.id}],
         "status": REPORT_STATUS[report.status],
         "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"},
@@ -179,11 +191,50 @@ def diagnostic_report(report: Report, analysis: Analysis, study: Study, results:
         "result": [{"reference": f"Observation/{o.id}"} for o in results],
         "conclusion": report.conclusion,
     }
-    if overlay_png:
+    if overlay_png or overlay_url:
         top = analysis.top3[0]["finding"]
-        data["presentedForm"] = [{"contentType": "image/png", "title": f"Heatmap overlay: {BY_NAME[top].display}",
-                                  "data": base64.b64encode(overlay_png).decode()}]
+        form: dict[str, Any] = {"contentType": "image/png", "title": f"Heatmap overlay: {BY_NAME[top].display}"}
+        if overlay_png:
+            form["data"] = base64.b64encode(overlay_png).decode()
+        else:
+            form["url"] = overlay_url
+        data["presentedForm"] = [form]
     return DiagnosticReport(**data)
+
+
+def media(row: Study) -> dict[str, Any]:
+    """The uploaded radiograph itself, linked to its ImagingStudy; the pixels are our Binary."""
+    data: dict[str, Any] = {
+        "resourceType": "Media", "id": row.id,
+        "status": "entered-in-error" if row.deleted_at else "completed",
+        "type": {"coding": [{"system": MEDIA_TYPE, "code": "image", "display": "Image"}]},
+        "modality": {"coding": [{"system": DICOM_DCM, "code": row.modality or "DX"}]},
+        "subject": {"reference": f"Patient/{row.patient_id}"},
+        "partOf": [{"reference": f"ImagingStudy/{row.id}"}],
+        "createdDateTime": _instant(row.acquired_at or row.created_at),
+        "content": {"contentType": row.media_type, "url": f"Binary/{row.content_sha256}", "size": row.size_bytes,
+                    "title": "Chest radiograph as uploaded"},
+    }
+    if row.width and row.height:
+        data["width"], data["height"] = row.width, row.height
+    return data
+
+
+def provenance(report: Report, analysis: Analysis, results: list[Observation]) -> dict[str, Any]:
+    """The AI model as author of the findings and the draft report; the doctor as verifier once confirmed."""
+    agents: list[dict[str, Any]] = [{
+        "type": {"coding": [{"system": PROVENANCE_ROLE, "code": "author", "display": "Author"}]},
+        "who": {"reference": f"Device/{device_id(analysis.manifest_sha256)}",
+                "display": f"{analysis.model_name} {analysis.model_version}"}}]
+    if report.confirmed_by:
+        agents.append({"type": {"coding": [{"system": PROVENANCE_ROLE, "code": "verifier", "display": "Verifier"}]},
+                       "who": {"display": report.confirmed_by}})
+    return {
+        "resourceType": "Provenance", "id": report.id, "meta": {"security": [AI_ASSISTED]},
+        "target": [{"reference": f"DiagnosticReport/{report.id}"}] + [{"reference": f"Observation/{o.id}"}
+                                                                     for o in results],
+        "recorded": _instant(analysis.created_at), "agent": agents,
+    }
 
 
 # AuditEvent.type/subtype: REST interactions by the FHIR restful-interaction codes, the rest by DICOM.

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
 
 from ..domain.report import conclusion
+from ..fhir import projection
 from ..imaging import ImageRejected, XRayImage, load
 from ..inference.pipeline import Pipeline
 from ..storage.db import session_scope
@@ -67,6 +68,8 @@ class AnalysisService:
             if self.push_enabled:
                 enqueue_delivery(s, report)
             study = StudyRepository(s).update(study.id, {"status": "analyzed"}, actor="system")
+            projection.study(s, study)
+            projection.results(s, study, analysis, report)
         log.info("study analysed", extra={"study": study.id, "priority": result.priority,
                                           "ms": result.timings_ms.get("total_ms")})
         return Uploaded(study, analysis, report)
@@ -76,8 +79,10 @@ class AnalysisService:
         (a start-up sweep is to mark studies left 'analyzing' as failed)."""
         try:
             with session_scope(self.engine) as s:
-                return StudyRepository(s).update(study.id, {"status": "failed", "failure_reason": reason},
-                                                 actor="system")
+                failed = StudyRepository(s).update(study.id, {"status": "failed", "failure_reason": reason},
+                                                   actor="system")
+                projection.study(s, failed)
+                return failed
         except Exception:
             log.exception("could not mark study failed", extra={"study": study.id})
             return study
@@ -90,7 +95,7 @@ class AnalysisService:
         with session_scope(self.engine) as s:
             PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
             digest = self.images.put(data)
-            return StudyRepository(s).create(Study(
+            study = StudyRepository(s).create(Study(
                 patient_id=patient_id, content_sha256=digest, original_filename=(filename or "")[:255] or None,
                 media_type=image.media_type, size_bytes=len(data),
                 # PNG/JPEG uploads get DICOM UIDs of their own, so every study can be
@@ -102,6 +107,8 @@ class AnalysisService:
                 modality=md.get("modality") or "DX", view_position=md.get("view_position"),
                 acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
                 status="analyzing", uploaded_by=actor), actor=actor)
+            projection.study(s, study)
+            return study
 
 
 __all__ = ["AnalysisService", "ImageRejected", "Uploaded"]

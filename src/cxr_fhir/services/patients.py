@@ -1,8 +1,5 @@
 """Register, edit and delete patients: the one way the pages and the FHIR API change a patient.
 
-TEMPORARY copy of main's services/patients.py without the FHIR projection calls, so the web pages
-can be built before it lands; the merge of main replaces this file with main's version.
-
 Validation errors name the field they belong to, so a form can show each message next to its
 field and a FHIR client gets them as OperationOutcome issues with an expression.
 """
@@ -17,6 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from ..fhir import projection
 from ..storage.db import session_scope
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
@@ -107,6 +105,7 @@ class PatientService:
         if patient_id:
             row.id = patient_id
         row = repo.create(row, actor=actor)
+        projection.patient(s, row, fhir_extra)
         return row
 
     def update(self, patient_id: str, data: PatientInput, actor: str, expected_version: int | None = None,
@@ -120,6 +119,7 @@ class PatientService:
         repo = PatientRepository(s)
         self._check_mrn_free(repo, values, patient_id)
         row = repo.update(patient_id, values, actor=actor, expected_version=expected_version)
+        projection.patient(s, row, fhir_extra)
         return row
 
     def delete(self, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
@@ -128,6 +128,7 @@ class PatientService:
 
     def delete_in(self, s: Session, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
         row = PatientRepository(s).soft_delete(patient_id, actor=actor, expected_version=expected_version)
+        projection.deleted(s, "Patient", row.id, row.version_id, row.updated_at)
         return row
 
     def _check_mrn_free(self, repo: PatientRepository, values: dict[str, Any], patient_id: str | None) -> None:

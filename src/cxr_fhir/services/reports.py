@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from ..fhir import projection
 from ..storage.db import session_scope
 from ..storage.repositories import ReportRepository, StudyRepository
 from ..storage.tables import OutboxDelivery, Report, Study
@@ -35,29 +36,35 @@ class ReportService:
                 expected_version: int | None = None) -> Report:
         """preliminary -> final (the doctor may edit the conclusion while confirming)."""
         with session_scope(self.engine) as s:
-            repo = ReportRepository(s)
-            current = repo.get(report_id)
-            if current.status != "preliminary":
-                raise ReportStateError(f"report is {current.status}; only a preliminary report can be confirmed")
-            changes = {"status": "final", "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
-            if conclusion is not None:
-                changes["conclusion"] = _clean(conclusion)
-            return self._save(s, repo, report_id, changes, actor, expected_version)
+            return self.confirm_in(s, report_id, actor, conclusion, expected_version)
 
     def amend(self, report_id: str, conclusion: str, actor: str, expected_version: int | None = None) -> Report:
         """final | amended -> amended with a new conclusion."""
         with session_scope(self.engine) as s:
-            repo = ReportRepository(s)
-            current = repo.get(report_id)
-            if current.status not in ("final", "amended"):
-                raise ReportStateError(f"report is {current.status}; confirm it before amending")
-            changes = {"status": "amended", "conclusion": _clean(conclusion), "confirmed_by": actor,
-                       "confirmed_at": utcnow(), "issued": utcnow()}
-            return self._save(s, repo, report_id, changes, actor, expected_version)
+            return self.amend_in(s, report_id, conclusion, actor, expected_version)
 
-    def _save(self, s: Session, repo: ReportRepository, report_id: str, changes: dict, actor: str,
-              expected_version: int | None) -> Report:
-        report = repo.update(report_id, changes, actor=actor, expected_version=expected_version)
+    def confirm_in(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
+                   expected_version: int | None = None) -> Report:
+        current = ReportRepository(s).get(report_id)
+        if current.status != "preliminary":
+            raise ReportStateError(f"report is {current.status}; only a preliminary report can be confirmed")
+        changes = {"status": "final", "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
+        if conclusion is not None:
+            changes["conclusion"] = _clean(conclusion)
+        return self._save(s, report_id, changes, actor, expected_version)
+
+    def amend_in(self, s: Session, report_id: str, conclusion: str, actor: str,
+                 expected_version: int | None = None) -> Report:
+        current = ReportRepository(s).get(report_id)
+        if current.status not in ("final", "amended"):
+            raise ReportStateError(f"report is {current.status}; confirm it before amending")
+        changes = {"status": "amended", "conclusion": _clean(conclusion), "confirmed_by": actor,
+                   "confirmed_at": utcnow(), "issued": utcnow()}
+        return self._save(s, report_id, changes, actor, expected_version)
+
+    def _save(self, s: Session, report_id: str, changes: dict, actor: str, expected_version: int | None) -> Report:
+        report = ReportRepository(s).update(report_id, changes, actor=actor, expected_version=expected_version)
+        projection.report(s, report)
         if self.push_enabled:
             enqueue_delivery(s, report)
         return report
@@ -71,14 +78,19 @@ class StudyService:
         """Logical delete: the study and its report leave the lists but stay in history and audit.
         A report already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
         with session_scope(self.engine) as s:
-            study = StudyRepository(s).soft_delete(study_id, actor=actor, expected_version=expected_version)
-            reports = ReportRepository(s)
-            report = reports.for_study(study_id)
-            if report is not None and report.status != "cancelled":
-                report = reports.update(report.id, {"status": "cancelled"}, actor=actor)
-                if self.push_enabled:
-                    enqueue_delivery(s, report)
-            return study
+            return self.delete_in(s, study_id, actor, expected_version)
+
+    def delete_in(self, s: Session, study_id: str, actor: str, expected_version: int | None = None) -> Study:
+        study = StudyRepository(s).soft_delete(study_id, actor=actor, expected_version=expected_version)
+        projection.study(s, study)
+        reports = ReportRepository(s)
+        report = reports.for_study(study_id)
+        if report is not None and report.status != "cancelled":
+            report = reports.update(report.id, {"status": "cancelled"}, actor=actor)
+            projection.report(s, report)
+            if self.push_enabled:
+                enqueue_delivery(s, report)
+        return study
 
 
 def _clean(conclusion: str) -> str:

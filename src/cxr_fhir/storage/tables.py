@@ -31,7 +31,8 @@ class Patient(VersionedFields, table=True):
     __table_args__ = (Index("ix_patient_family_given", "family", "given"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
-    mrn: str = Field(index=True, max_length=64, description="Hospital medical record number")
+    # None for a patient registered over FHIR without an MRN (e.g. in a transaction from another system).
+    mrn: str | None = Field(default=None, index=True, max_length=64, description="Hospital medical record number")
     mrn_system: str = Field(max_length=255)
     family: str = Field(max_length=200)
     given: str = Field(default="", max_length=200)
@@ -191,6 +192,60 @@ class OutboxDelivery(SQLModel, table=True):
     ehr_response: dict | None = Field(default=None, sa_type=JSON, nullable=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class FhirResource(SQLModel, table=True):
+    """The current version of every resource the FHIR API serves, as the JSON it serves.
+
+    ``origin`` 'domain': a projection of our own rows (patients, studies, AI results), rewritten
+    whenever those rows change; 'api': created by a client and stored as it was sent.
+    """
+
+    __tablename__ = "fhir_resource"
+
+    resource_type: str = Field(primary_key=True, max_length=40)
+    id: str = Field(primary_key=True, max_length=64)
+    version_id: int
+    last_updated: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    deleted: bool = Field(default=False)
+    origin: str = Field(default="api", max_length=8)
+    content: dict = Field(sa_type=JSON, nullable=False)
+
+
+class FhirResourceHistory(SQLModel, table=True):
+    """Every version of every FHIR resource (vread, _history); deletions are versions too."""
+
+    __tablename__ = "fhir_resource_history"
+    __table_args__ = (UniqueConstraint("resource_type", "resource_id", "version_id"),
+                      Index("ix_fhir_history_time", "resource_type", "last_updated"))
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_type: str = Field(max_length=40)
+    resource_id: str = Field(max_length=64)
+    version_id: int
+    method: str = Field(max_length=8, description="POST | PUT | DELETE")
+    last_updated: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    content: dict = Field(sa_type=JSON, nullable=False)
+
+
+class FhirIndex(SQLModel, table=True):
+    """Search index of the current versions: one row per (resource, search parameter, value)."""
+
+    __tablename__ = "fhir_index"
+    __table_args__ = (Index("ix_fhir_index_lookup", "resource_type", "param", "value"),
+                      Index("ix_fhir_index_resource", "resource_type", "resource_id"),
+                      Index("ix_fhir_index_date", "resource_type", "param", "date_lo"))
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_type: str = Field(max_length=40)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    system: str | None = Field(default=None, max_length=255, description="token system")
+    value: str | None = Field(default=None, max_length=255,
+                              description="token code, normalised string, or reference Type/id")
+    raw: str | None = Field(default=None, max_length=255, description="string as written (for :exact)")
+    date_lo: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    date_hi: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
 
 VERSIONED: dict[str, type[VersionedFields]] = {"Patient": Patient, "Study": Study, "Report": Report}

@@ -7,6 +7,7 @@ security headers middleware and the error pages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from litestar.template.config import TemplateConfig
 from ..settings import PROJECT_ROOT, Settings
 from .admin import AdminController
 from .auth import AuthController
-from .errors import EXCEPTION_HANDLERS
+from .errors import exception_handlers
 from .headers import security_headers
 from .patients import PatientController
 from .studies import StudyController
@@ -39,7 +40,8 @@ class WebConfig:
     exception_handlers: dict[Any, Any] = field(default_factory=dict)
 
 
-def web_config(settings: Settings) -> WebConfig:
+def web_config(settings: Settings, api_errors: Callable[..., Any] | None = None) -> WebConfig:
+    """``api_errors``: the app's own handler for HTTP errors outside the pages (/fhir, /health ...)."""
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False,
                                         cache_control=None)
     return WebConfig(
@@ -50,5 +52,5 @@ def web_config(settings: Settings) -> WebConfig:
                                cookie_secure=settings.secure_cookies, cookie_samesite="lax",
                                header_name="x-csrftoken", exclude=NOT_WEB),
         middleware=[security_headers],
-        exception_handlers=dict(EXCEPTION_HANDLERS),
+        exception_handlers=exception_handlers(api_errors),
     )

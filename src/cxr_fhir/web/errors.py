@@ -7,6 +7,8 @@ plain JSON, and its own router-level handlers take precedence anyway.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from litestar import MediaType, Request, Response
@@ -68,5 +70,15 @@ def internal_error(request: Request, exc: Exception) -> Response:
                                      "please try again or call the on-call engineer.")
 
 
-EXCEPTION_HANDLERS = {NotAuthorizedException: not_authorized, HTTPException: http_error, NotFound: storage_missing,
-                      Gone: storage_missing, 500: internal_error}
+def exception_handlers(api_errors: Callable[[Request, HTTPException], Response] | None) -> dict[Any, Any]:
+    """The pages' handlers; HTTP errors on API paths go to ``api_errors`` (the FHIR OperationOutcome)."""
+
+    def routed(handler: Callable[[Request, Any], Response]) -> Callable[[Request, Any], Response]:
+        def dispatch(request: Request, exc: Any) -> Response:
+            if api_errors is not None and _is_api(request) and isinstance(exc, HTTPException):
+                return api_errors(request, exc)
+            return handler(request, exc)
+        return dispatch
+
+    return {NotAuthorizedException: routed(not_authorized), HTTPException: routed(http_error),
+            NotFound: storage_missing, Gone: storage_missing, 500: internal_error}

@@ -1,0 +1,119 @@
+"""ImagingStudy/$analyze: one X-ray in, the stored study, findings and preliminary report out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import date
+from typing import Any
+
+from ..imaging import ImageRejected, load
+from ..imaging.loader import sniff
+from ..services.analysis import AnalysisService
+from ..services.patients import PatientInput, PatientInvalid, PatientService
+from ..storage.db import session_scope
+from ..storage.errors import Gone, NotFound
+from ..storage.repositories import PatientRepository
+from . import errors, store
+
+OPERATION_ID = "ImagingStudy-analyze"
+OPERATION_URL = f"urn:cxr-fhir:OperationDefinition/{OPERATION_ID}"
+IMAGE_TYPES = ("application/dicom", "image/png", "image/jpeg")
+
+OPERATION_DEFINITION: dict[str, Any] = {
+    "resourceType": "OperationDefinition", "id": OPERATION_ID, "url": OPERATION_URL, "version": "1",
+    "name": "Analyze", "title": "Analyse a chest X-ray", "status": "active", "kind": "operation",
+    "description": "Runs the AI on one chest radiograph, stores the ImagingStudy, the findings (Observations) "
+                   "and a preliminary DiagnosticReport, and returns them. The body is either a Parameters "
+                   "resource or the raw image (Content-Type application/dicom, image/png or image/jpeg) with "
+                   "?subject=Patient/<id>. A DICOM image without a subject is filed under the patient whose "
+                   "MRN is its PatientID, who is registered if unknown.",
+    "code": "analyze", "resource": ["ImagingStudy"], "system": False, "type": True, "instance": False,
+    "affectsState": True,
+    "parameter": [
+        {"name": "subject", "use": "in", "min": 0, "max": "1", "type": "Reference",
+         "targetProfile": ["http://hl7.org/fhir/StructureDefinition/Patient"],
+         "documentation": "The patient; required unless the image is DICOM with a PatientID"},
+        {"name": "image", "use": "in", "min": 1, "max": "1", "type": "Binary",
+         "documentation": "The radiograph: contentType application/dicom, image/png or image/jpeg, base64 data"},
+        {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle",
+         "documentation": "A collection Bundle: the DiagnosticReport, its Observations and the ImagingStudy"},
+    ],
+}
+
+
+def from_parameters(body: Any) -> tuple[bytes, str | None]:
+    """(image bytes, subject reference) from a Parameters resource."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise errors.bad_request("$analyze takes a Parameters resource or the raw image")
+    params = {p.get("name"): p for p in body.get("parameter", []) if isinstance(p, dict)}
+    image = params.get("image", {}).get("resource")
+    if not isinstance(image, dict) or image.get("resourceType") != "Binary":
+        raise errors.bad_request("parameter 'image' must hold a Binary resource", ["Parameters.parameter"])
+    if image.get("contentType") not in IMAGE_TYPES:
+        raise errors.FhirError(415, f"image contentType {image.get('contentType')!r} is not one of "
+                                    + ", ".join(IMAGE_TYPES), "not-supported")
+    try:
+        data = base64.b64decode(image.get("data", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.bad_request("Binary.data is not valid base64") from None
+    subject = params.get("subject", {}).get("valueReference", {}).get("reference")
+    return data, subject
+
+
+def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) -> str:
+    if subject:
+        parts = subject.split("/_history/")[0].rstrip("/").split("/")
+        if len(parts) < 2 or parts[-2] != "Patient":
+            raise errors.bad_request(f"subject must be Patient/<id>, not {subject!r}")
+        pid = parts[-1]
+        with session_scope(services.engine) as s:
+            store.read(s, "Patient", pid)  # 404 / 410 with an OperationOutcome
+        return pid
+    if sniff(data) != "application/dicom":
+        raise errors.bad_request("a subject (Patient/<id>) is required unless the image is DICOM with a PatientID")
+    md = load(data, services.settings.max_image_pixels).metadata
+    mrn = md.get("patient_id")
+    if not mrn:
+        raise errors.bad_request("the DICOM image has no PatientID; give a subject")
+    system = services.settings.hospital_mrn_system
+    with session_scope(services.engine) as s:
+        existing = PatientRepository(s).by_mrn(mrn, system)
+        if existing is not None:
+            return existing.id
+    family, _, given = (md.get("patient_name") or "Unknown").partition("^")
+    birth = md.get("patient_birth_date")
+    try:
+        row = PatientService(services.engine, system).register(PatientInput(
+            family=family or "Unknown", given=given.replace("^", " ").strip(), mrn=mrn, mrn_system=system,
+            sex=md.get("patient_sex") or "unknown",
+            birth_date=date(int(birth[:4]), int(birth[4:6]), int(birth[6:])) if birth else None), actor)
+    except (PatientInvalid, ValueError) as exc:
+        raise errors.unprocessable(f"cannot register the DICOM patient: {exc}") from exc
+    return row.id
+
+
+def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) -> dict[str, Any]:
+    if services.models is None:
+        raise errors.FhirError(503, services.model_error or "the models are not loaded", "transient",
+                               headers={"Retry-After": "30"})
+    try:
+        patient_id = _patient_for(services, data, subject, actor)
+        service = AnalysisService(services.engine, services.images, services.models,
+                                  services.settings.ehr_push_enabled, services.settings.max_image_pixels)
+        uploaded = service.upload(patient_id, data, None, actor)
+    except ImageRejected as exc:
+        raise errors.FhirError(422, f"image refused ({exc.code}): {exc.reason}", "invalid", ["Binary.data"]) from exc
+    except NotFound as exc:
+        raise errors.not_found(str(exc)) from exc
+    except Gone as exc:
+        raise errors.gone(str(exc)) from exc
+    if uploaded.report is None:
+        raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} was stored but its analysis failed: "
+                                    f"{uploaded.study.failure_reason}", "exception")
+    with session_scope(services.engine) as s:
+        report = store.read(s, "DiagnosticReport", uploaded.report.id)
+        keys = [r["reference"] for r in report.content.get("result", [])]
+        rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]}

@@ -1,0 +1,241 @@
+"""One provider per resource type: what create, update and delete mean for it. No HTTP here.
+
+Resources a client creates are stored as sent. Resources that are projections of our own rows
+(patients, AI results) change only through the services that own those rows, so the API and the
+pages can never disagree: a Patient update goes through the patient service, a DiagnosticReport
+update may only confirm or amend the report, an ImagingStudy delete deletes the study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from pydantic import ValidationError
+from fhir.resources.R4B import get_fhir_model_class
+from sqlmodel import Session
+
+from ..services.patients import PatientInput, PatientInvalid, PatientService, validate as validate_patient
+from ..services.reports import ReportService, ReportStateError, StudyService
+from ..storage.errors import Gone, NotFound, VersionConflict
+from ..storage.tables import FhirResource
+from . import errors, mapping, store
+
+# Elements a server owns on every resource; a client's values are replaced, never compared.
+_SERVER_OWNED = ("id", "meta", "text")
+
+
+@dataclass
+class Actor:
+    """Who is calling (an API client name, or 'user:<name>'), for history and audit."""
+
+    name: str
+
+
+def parse(resource_type: str, body: Any) -> dict[str, Any]:
+    """Validate a resource against the R4 model; the clean JSON (no nulls, no empty elements)."""
+    if not isinstance(body, dict):
+        raise errors.bad_request("the body must be a JSON object holding one FHIR resource")
+    if body.get("resourceType") != resource_type:
+        raise errors.bad_request(f"resourceType {body.get('resourceType')!r} does not match {resource_type}",
+                                 ["resourceType"])
+    try:
+        model = get_fhir_model_class(resource_type).model_validate(body)
+    except ValidationError as exc:
+        issues = [{"severity": "error", "code": "structure", "diagnostics": e["msg"],
+                   "expression": [".".join(str(p) for p in (resource_type, *e["loc"]))]}
+                  for e in exc.errors()[:20]]
+        raise errors.FhirError(400, f"{resource_type} is not valid FHIR R4: {exc.errors()[0]['msg']}",
+                               "structure", issues[0]["expression"], issues=issues[1:]) from exc
+    return mapping.to_wire(model)
+
+
+def _strip(content: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in content.items() if k not in _SERVER_OWNED}
+
+
+def _check_version(row: FhirResource | None, if_match: int | None) -> None:
+    if if_match is not None and (row is None or row.version_id != if_match):
+        current = row.version_id if row else "none"
+        raise errors.precondition_failed(f"If-Match version {if_match} is stale; the current version is {current}")
+
+
+class Provider:
+    """A resource type stored as clients send it."""
+
+    resource_type: str
+    writable = True
+
+    def __init__(self, resource_type: str, services: Any):
+        self.resource_type, self.services = resource_type, services
+
+    def create(self, s: Session, content: dict[str, Any], actor: Actor, new_id: str | None = None) -> FhirResource:
+        if not self.writable:
+            raise errors.FhirError(405, f"{self.resource_type} is read-only here", "not-supported")
+        from ..storage.types import new_id as make_id
+        rid = new_id or make_id()
+        store.put(s, self.resource_type, rid, _strip(content), origin="api")
+        return store.read(s, self.resource_type, rid)
+
+    def update(self, s: Session, rid: str, content: dict[str, Any], actor: Actor, if_match: int | None
+               ) -> tuple[FhirResource, bool]:
+        """Returns the new version and whether it was created by this update."""
+        row = store.get_row(s, self.resource_type, rid)
+        _check_version(row, if_match)
+        if row is None or row.deleted:
+            return self.create(s, content, actor, new_id=rid), True
+        self._check_writable(row, "update")
+        store.put(s, self.resource_type, rid, _strip(content), origin="api")
+        return store.read(s, self.resource_type, rid), False
+
+    def delete(self, s: Session, rid: str, actor: Actor, if_match: int | None = None) -> None:
+        row = store.get_row(s, self.resource_type, rid)
+        if row is None:
+            raise errors.not_found(f"{self.resource_type}/{rid} is not known")
+        if row.deleted:
+            return
+        _check_version(row, if_match)
+        self._check_writable(row, "delete")
+        store.mark_deleted(s, self.resource_type, rid)
+
+    def _check_writable(self, row: FhirResource, what: str) -> None:
+        if not self.writable or row.origin == "domain":
+            raise errors.FhirError(422, f"{self.resource_type}/{row.id} is produced by cxr-fhir and cannot be "
+                                        f"changed by {what}", "business-rule")
+
+
+def _patient_input(content: dict[str, Any], default_system: str) -> PatientInput:
+    identifiers = [i for i in content.get("identifier", []) if i.get("system") != mapping.PATIENT_ID_SYSTEM]
+    mrn = next((i for i in identifiers if any(c.get("code") == "MR" for c in i.get("type", {}).get("coding", []))),
+               identifiers[0] if identifiers else None)
+    names = content.get("name", [])
+    name = next((n for n in names if n.get("use") in ("official", "usual")), names[0] if names else {})
+    family = name.get("family") or ""
+    if not family:
+        raise errors.unprocessable("a Patient needs a family name (Patient.name.family)", ["Patient.name"])
+    birth = content.get("birthDate")
+    try:
+        birth_date = date.fromisoformat(birth) if birth and len(birth) == 10 else None
+    except ValueError:
+        birth_date = None
+    return PatientInput(family=family, given=" ".join(name.get("given", [])), birth_date=birth_date,
+                        sex=content.get("gender", "unknown"), mrn=mrn.get("value") if mrn else None,
+                        mrn_system=(mrn.get("system") or default_system) if mrn else None)
+
+
+class PatientProvider(Provider):
+    """Patients are our own rows; the posted JSON is kept beside them."""
+
+    def _service(self) -> PatientService:
+        return PatientService(self.services.engine, self.services.settings.hospital_mrn_system)
+
+    def _values(self, content: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return validate_patient(_patient_input(content, self.services.settings.hospital_mrn_system),
+                                    self.services.settings.hospital_mrn_system)
+        except PatientInvalid as exc:
+            raise _patient_error(exc) from exc
+
+    def create(self, s, content, actor, new_id=None):
+        try:
+            row = self._service().register_in(s, self._values(content), actor.name, _strip(content), patient_id=new_id)
+        except PatientInvalid as exc:
+            raise _patient_error(exc) from exc
+        return store.read(s, "Patient", row.id)
+
+    def update(self, s, rid, content, actor, if_match):
+        row = store.get_row(s, "Patient", rid)
+        _check_version(row, if_match)
+        if row is None or row.deleted:
+            if row is not None:
+                raise errors.gone(f"Patient/{rid} was deleted; register a new patient instead")
+            return self.create(s, content, actor, new_id=rid), True
+        try:
+            self._service().update_in(s, rid, self._values(content), actor.name, fhir_extra=_strip(content))
+        except PatientInvalid as exc:
+            raise _patient_error(exc) from exc
+        except VersionConflict as exc:
+            raise errors.precondition_failed(str(exc)) from exc
+        return store.read(s, "Patient", rid), False
+
+    def delete(self, s, rid, actor, if_match=None):
+        row = store.get_row(s, "Patient", rid)
+        if row is None:
+            raise errors.not_found(f"Patient/{rid} is not known")
+        _check_version(row, if_match)
+        if not row.deleted:
+            self._service().delete_in(s, rid, actor.name)
+
+
+def _patient_error(exc: PatientInvalid) -> errors.FhirError:
+    paths = {"mrn": "Patient.identifier", "mrn_system": "Patient.identifier.system", "family": "Patient.name.family",
+             "given": "Patient.name.given", "birth_date": "Patient.birthDate", "sex": "Patient.gender"}
+    status = 409 if exc.errors.get("mrn", "").startswith("already") else 422
+    first, *rest = exc.errors.items()
+    return errors.FhirError(status, f"{first[0]}: {first[1]}", "duplicate" if status == 409 else "processing",
+                            [paths.get(first[0], "Patient")],
+                            issues=[{"severity": "error", "code": "processing", "diagnostics": f"{k}: {v}",
+                                     "expression": [paths.get(k, "Patient")]} for k, v in rest])
+
+
+class ImagingStudyProvider(Provider):
+    """Studies we analysed can only be deleted (logically, with their report cancelled)."""
+
+    def delete(self, s, rid, actor, if_match=None):
+        row = store.get_row(s, "ImagingStudy", rid)
+        if row is not None and row.origin == "domain" and not row.deleted:
+            _check_version(row, if_match)
+            StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(s, rid, actor.name)
+            return
+        super().delete(s, rid, actor, if_match)
+
+
+class DiagnosticReportProvider(Provider):
+    """An AI report may be confirmed (status final) or amended (new conclusion), nothing else."""
+
+    def update(self, s, rid, content, actor, if_match):
+        row = store.get_row(s, "DiagnosticReport", rid)
+        if row is None or row.origin != "domain" or row.deleted:
+            return super().update(s, rid, content, actor, if_match)
+        _check_version(row, if_match)
+        current = row.content
+        changed = {k for k in set(_strip(current)) | set(_strip(content))
+                   if k not in ("status", "conclusion") and _strip(current).get(k) != _strip(content).get(k)}
+        if changed:
+            raise errors.FhirError(422, "only status and conclusion of an AI report can change; also changed: "
+                                   + ", ".join(sorted(changed)), "business-rule",
+                                   [f"DiagnosticReport.{k}" for k in sorted(changed)])
+        reports = ReportService(self.services.engine, self.services.settings.ehr_push_enabled)
+        status, conclusion = content.get("status"), content.get("conclusion")
+        try:
+            if status == "final" and current["status"] == "preliminary":
+                reports.confirm_in(s, rid, actor.name, conclusion=conclusion)
+            elif status == "amended" and current["status"] in ("final", "amended"):
+                reports.amend_in(s, rid, conclusion or "", actor.name)
+            elif status == current["status"] and conclusion == current.get("conclusion"):
+                return store.read(s, "DiagnosticReport", rid), False  # nothing to change
+            else:
+                raise errors.FhirError(422, f"a {current['status']} report cannot become {status}: confirm a "
+                                            "preliminary report with status 'final', amend a final one with "
+                                            "status 'amended'", "business-rule", ["DiagnosticReport.status"])
+        except ReportStateError as exc:
+            raise errors.FhirError(422, str(exc), "business-rule", ["DiagnosticReport"]) from exc
+        except (NotFound, Gone) as exc:
+            raise errors.gone(str(exc)) from exc
+        return store.read(s, "DiagnosticReport", rid), False
+
+
+class ReadOnlyProvider(Provider):
+    writable = False
+
+
+PROVIDERS: dict[str, type[Provider]] = {
+    "Patient": PatientProvider,
+    "ImagingStudy": ImagingStudyProvider,
+    "DiagnosticReport": DiagnosticReportProvider,
+    "Observation": Provider,
+    "Device": Provider,
+    "Media": Provider,
+    "Provenance": ReadOnlyProvider,
+}

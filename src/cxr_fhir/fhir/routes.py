@@ -1,0 +1,460 @@
+"""The FHIR R4 REST API under /fhir: authentication, content negotiation, headers and audit.
+
+The handlers are thin: they authenticate the bearer token, check its scopes, parse the request,
+and hand over to interactions / search / transactions / analyze on one database session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from importlib.metadata import version as package_version
+from typing import Any
+
+from anyio import to_thread
+from litestar import Request, Response, Router, delete, get, post, put
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from sqlalchemy.exc import OperationalError
+
+from ..imaging.loader import sniff
+from ..security import audit
+from ..security.clients import allows, authenticate
+from ..storage.db import session_scope
+from ..storage.tables import ApiClient
+from . import analyze, audit_events, errors, interactions, search, transactions
+from .capability import capability_statement
+from .interactions import Result
+from .providers import Actor
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+INTERACTION_ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R",
+                      "history-type": "R", "create": "C", "update": "U", "delete": "D", "transaction": "E",
+                      "batch": "E", "operation": "E", "capabilities": "R"}
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+# -- content negotiation --------------------------------------------------------------------------
+
+def _response_type(request: Request) -> str:
+    """The JSON media type to answer with, or 406 when the client accepts no JSON."""
+    fmt = request.query_params.get("_format")
+    if fmt:
+        if fmt in ("json", *JSON_TYPES):
+            return FHIR_JSON if fmt != "application/json" else "application/json"
+        raise errors.FhirError(406, f"_format={fmt} is not supported; this server speaks application/fhir+json",
+                               "not-supported")
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return FHIR_JSON
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if any(k in ("*/*", "application/*", FHIR_JSON, "application/json+fhir") for k in kinds):
+        return FHIR_JSON
+    if "application/json" in kinds:
+        return "application/json"
+    raise errors.FhirError(406, f"cannot answer with {accept!r}; this server speaks application/fhir+json",
+                           "not-supported")
+
+
+def _json_body(request: Request, data: bytes) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise errors.FhirError(415, f"Content-Type {ctype or '(none)'!r} is not supported; send "
+                                    "application/fhir+json", "not-supported")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
+
+
+def respond(request: Request, body: dict[str, Any] | bytes | None, status: int = 200,
+            headers: dict[str, str] | None = None, media_type: str | None = None) -> Response:
+    if isinstance(body, bytes):
+        content = body
+    elif body is None:
+        content = b""
+    else:
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    mtype = media_type or (_safe_type(request) + "; charset=utf-8")
+    return Response(content=content, status_code=status, media_type=mtype, headers=headers or {})
+
+
+def _safe_type(request: Request) -> str:
+    try:
+        return _response_type(request)
+    except errors.FhirError:
+        return FHIR_JSON
+
+
+def _resource_headers(request: Request, result: Result) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if result.version:
+        headers["ETag"] = f'W/"{result.version}"'
+    if result.last_modified:
+        headers["Last-Modified"] = format_datetime(result.last_modified.astimezone(UTC), usegmt=True)
+    if result.location and result.status in (200, 201) and result.resource_type:
+        headers["Location" if result.created else "Content-Location"] = f"{base_url(request)}/{result.location}"
+    return headers
+
+
+def _if_match(request: Request) -> int | None:
+    return transactions._etag(request.headers.get("if-match"))
+
+
+def _written(request: Request, result: Result) -> Response:
+    """create / update answer, honouring Prefer: return=minimal | representation | OperationOutcome."""
+    prefer = request.headers.get("prefer", "")
+    headers = _resource_headers(request, result)
+    if "return=minimal" in prefer:
+        return respond(request, None, result.status, headers)
+    if "return=OperationOutcome" in prefer:
+        verb = "created" if result.created else "updated"
+        return respond(request, errors.outcome("information", "informational", f"{result.location} {verb}"),
+                       result.status, headers)
+    return respond(request, result.resource, result.status, headers)
+
+
+# -- authentication, authorisation, audit -----------------------------------------------------------
+
+def _client(request: Request) -> ApiClient:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.FhirError(401, "a bearer token is required (Authorization: Bearer <token>)", "login",
+                               headers={"WWW-Authenticate": 'Bearer realm="cxr-fhir"'})
+    with session_scope(_services(request).engine) as s:
+        client = authenticate(s, token.strip())
+    if client is None:
+        raise errors.FhirError(401, "the bearer token is not valid or was revoked", "login",
+                               headers={"WWW-Authenticate": 'Bearer realm="cxr-fhir", error="invalid_token"'})
+    return client
+
+
+def require(client: ApiClient, resource_type: str, access: str) -> None:
+    if not allows(client.scopes, resource_type, access):
+        raise errors.FhirError(403, f"the token's scopes do not allow {access} on {resource_type} "
+                                    f"(needs system/{resource_type}.{access})", "forbidden")
+
+
+def _audit(request: Request, client: ApiClient | None, interaction: str, resource_type: str | None,
+           resource_id: str | None, status: int, detail: str | None = None) -> None:
+    outcome = "0" if status < 400 else ("4" if status < 500 else "8")
+    query = request.url.query or None
+    try:
+        with session_scope(_services(request).engine) as s:
+            audit.record(s, action=INTERACTION_ACTION.get(interaction, "E"), subtype=interaction,
+                         agent_type="client", agent_id=client.name if client else None, outcome=outcome,
+                         entity_type=resource_type, entity_id=resource_id,
+                         source_ip=request.client.host if request.client else None,
+                         query=query, detail=detail)
+    except OperationalError:
+        pass  # the database is down: the request itself has already failed for the same reason
+
+
+def _guarded(request: Request, interaction: str, resource_type: str | None, resource_id: str | None,
+             access: str | None, work: Callable[[ApiClient], Response],
+             audit_resource: str | None = None) -> Response:
+    client = None
+    try:
+        if resource_type != "Binary":  # Binary answers with the image itself when asked
+            _response_type(request)
+        client = _client(request)
+        if access and resource_type:
+            require(client, resource_type, access)
+        response = work(client)
+    except errors.FhirError as exc:
+        _audit(request, client, interaction, audit_resource or resource_type, resource_id, exc.status,
+               exc.diagnostics[:500])
+        raise
+    _audit(request, client, interaction, audit_resource or resource_type, resource_id, response.status_code)
+    return response
+
+
+def _actor(client: ApiClient) -> Actor:
+    return Actor(f"client:{client.name}")
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+@get("/metadata", sync_to_thread=False)
+def metadata(request: Request) -> Response:
+    _response_type(request)
+    return respond(request, capability_statement(base_url(request), package_version("cxr-fhir"), STARTED))
+
+
+@post("/")
+async def batch_or_transaction(request: Request) -> Response:
+    data = await request.body()
+    return await to_thread.run_sync(_batch_or_transaction, request, data)
+
+
+def _batch_or_transaction(request: Request, data: bytes) -> Response:
+    def work(client: ApiClient) -> Response:
+        bundle = _json_body(request, data)
+        for entry in (bundle.get("entry") or []) if isinstance(bundle, dict) else []:
+            req = entry.get("request", {}) if isinstance(entry, dict) else {}
+            rtype = str(req.get("url", "")).split("?")[0].split("/")[0]
+            if rtype:
+                require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
+        response, _ = transactions.process(_services(request).engine, _services(request), bundle,
+                                           _actor(client), base_url(request))
+        return respond(request, response)
+
+    kind = "transaction"
+    return _guarded(request, kind, None, None, None, work, audit_resource="Bundle")
+
+
+@get("/{resource_type:str}", sync_to_thread=True)
+def search_type(request: Request, resource_type: FromPath[str]) -> Response:
+    pairs = list(request.query_params.multi_items())
+
+    def work(client: ApiClient) -> Response:
+        with session_scope(_services(request).engine) as s:
+            if resource_type == "AuditEvent":
+                return respond(request, audit_events.bundle(s, pairs, base_url(request)))
+            interactions.provider(resource_type, None)
+            strict = "handling=strict" in request.headers.get("prefer", "")
+            return respond(request, search.bundle(s, resource_type, pairs, base_url(request), strict))
+
+    return _guarded(request, "search-type", resource_type, None, "read", work)
+
+
+@post("/{resource_type:str}")
+async def create(request: Request, resource_type: FromPath[str]) -> Response:
+    data = await request.body()
+    return await to_thread.run_sync(_create, request, resource_type, data)
+
+
+def _create(request: Request, resource_type: str, data: bytes) -> Response:
+    def work(client: ApiClient) -> Response:
+        body = _json_body(request, data)
+        with session_scope(_services(request).engine) as s:
+            result = interactions.create(s, _services(request), resource_type, body, _actor(client),
+                                         request.headers.get("if-none-exist"))
+        return _written(request, result)
+
+    return _guarded(request, "create", resource_type, None, "write", work)
+
+
+@put("/{resource_type:str}")
+async def conditional_update(request: Request, resource_type: FromPath[str]) -> Response:
+    data = await request.body()
+    return await to_thread.run_sync(_conditional_update, request, resource_type, data)
+
+
+def _conditional_update(request: Request, resource_type: str, data: bytes) -> Response:
+    def work(client: ApiClient) -> Response:
+        body = _json_body(request, data)
+        with session_scope(_services(request).engine) as s:
+            result = interactions.conditional_update(s, _services(request), resource_type,
+                                                     list(request.query_params.multi_items()), body, _actor(client))
+        return _written(request, result)
+
+    return _guarded(request, "update", resource_type, None, "write", work)
+
+
+@get("/{resource_type:str}/_history", sync_to_thread=True)
+def history_type(request: Request, resource_type: FromPath[str]) -> Response:
+    return _guarded(request, "history-type", resource_type, None, "read",
+                    lambda client: _history(request, resource_type, None))
+
+
+@get("/{resource_type:str}/{rid:str}", sync_to_thread=True)
+def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+    if resource_type == "Binary":
+        return _guarded(request, "read", "Binary", rid, "read", lambda client: _binary(request, rid))
+
+    def work(client: ApiClient) -> Response:
+        if resource_type == "OperationDefinition":
+            if rid != analyze.OPERATION_ID:
+                raise errors.not_found(f"OperationDefinition/{rid} is not known")
+            return respond(request, analyze.OPERATION_DEFINITION)
+        with session_scope(_services(request).engine) as s:
+            if resource_type == "AuditEvent":
+                return respond(request, audit_events.read(s, rid))
+            result = interactions.read(s, resource_type, rid)
+        return respond(request, result.resource, 200, _resource_headers(request, result))
+
+    access = None if resource_type == "OperationDefinition" else "read"
+    return _guarded(request, "read", resource_type, rid, access, work)
+
+
+@put("/{resource_type:str}/{rid:str}")
+async def update(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+    data = await request.body()
+    return await to_thread.run_sync(_update, request, resource_type, rid, data)
+
+
+def _update(request: Request, resource_type: str, rid: str, data: bytes) -> Response:
+    def work(client: ApiClient) -> Response:
+        body = _json_body(request, data)
+        with session_scope(_services(request).engine) as s:
+            result = interactions.update(s, _services(request), resource_type, rid, body, _actor(client),
+                                         _if_match(request))
+        return _written(request, result)
+
+    return _guarded(request, "update", resource_type, rid, "write", work)
+
+
+@delete("/{resource_type:str}/{rid:str}", sync_to_thread=True, status_code=200)
+def delete_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+    def work(client: ApiClient) -> Response:
+        with session_scope(_services(request).engine) as s:
+            result = interactions.delete(s, _services(request), resource_type, rid, _actor(client),
+                                         _if_match(request))
+        headers = {"ETag": f'W/"{result.version}"'} if result.version else {}
+        return respond(request, result.resource, 200, headers)
+
+    return _guarded(request, "delete", resource_type, rid, "write", work)
+
+
+@get("/{resource_type:str}/{rid:str}/_history", sync_to_thread=True)
+def history_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+    return _guarded(request, "history-instance", resource_type, rid, "read",
+                    lambda client: _history(request, resource_type, rid))
+
+
+@get("/{resource_type:str}/{rid:str}/_history/{vid:str}", sync_to_thread=True)
+def vread(request: Request, resource_type: FromPath[str], rid: FromPath[str], vid: FromPath[str]) -> Response:
+    def work(client: ApiClient) -> Response:
+        with session_scope(_services(request).engine) as s:
+            result = interactions.vread(s, resource_type, rid, vid)
+        return respond(request, result.resource, 200, _resource_headers(request, result))
+
+    return _guarded(request, "vread", resource_type, rid, "read", work)
+
+
+@post("/ImagingStudy/$analyze")
+async def analyze_operation(request: Request) -> Response:
+    data = await request.body()
+    return await to_thread.run_sync(_analyze_operation, request, data)
+
+
+def _analyze_operation(request: Request, data: bytes) -> Response:
+    def work(client: ApiClient) -> Response:
+        for rtype in ("ImagingStudy", "DiagnosticReport", "Observation"):
+            require(client, rtype, "write")
+        services = _services(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype in analyze.IMAGE_TYPES:
+            image, subject = data, request.query_params.get("subject")
+        elif ctype in JSON_TYPES:
+            image, subject = analyze.from_parameters(_json_body(request, data))
+        else:
+            raise errors.FhirError(415, f"Content-Type {ctype or '(none)'!r}: send a Parameters resource "
+                                        "(application/fhir+json) or the image (" + ", ".join(analyze.IMAGE_TYPES)
+                                   + ")", "not-supported")
+        if len(image) > services.settings.max_upload_bytes:
+            raise errors.FhirError(413, f"the image is larger than {services.settings.max_upload_bytes} bytes",
+                                   "too-costly")
+        if not subject:
+            require(client, "Patient", "write")  # the patient may be registered from the DICOM header
+        bundle = analyze.run(services, image, subject, _actor(client).name, base_url(request))
+        return respond(request, bundle, 200)
+
+    return _guarded(request, "operation", "ImagingStudy", None, None, work)
+
+
+# -- helpers for the handlers ---------------------------------------------------------------------
+
+def _history(request: Request, resource_type: str, rid: str | None) -> Response:
+    from . import store
+    from .index import BadDate, date_range
+
+    interactions.provider(resource_type, None)
+    pairs = dict(request.query_params.items())
+    unknown = set(pairs) - {"_count", "_offset", "_since", "_format"}
+    if unknown:
+        raise errors.bad_request(f"history does not support {', '.join(sorted(unknown))}")
+    count = min(search._int("_count", pairs.get("_count", "20"), 1), search.MAX_COUNT)
+    offset = search._int("_offset", pairs.get("_offset", "0"), 0)
+    try:
+        since = date_range(pairs["_since"])[0] if "_since" in pairs else None
+    except BadDate as exc:
+        raise errors.bad_request(str(exc)) from exc
+    base = base_url(request)
+    with session_scope(_services(request).engine) as s:
+        if rid:
+            if store.get_row(s, resource_type, rid) is None:
+                raise errors.not_found(f"{resource_type}/{rid} is not known")
+        rows, total = store.history(s, resource_type, rid, since, offset, count)
+    path = f"{base}/{resource_type}" + (f"/{rid}" if rid else "") + "/_history"
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total,
+                           "link": [{"relation": "self", "url": path + (f"?_offset={offset}" if offset else "")}]}
+    if offset + count < total:
+        out["link"].append({"relation": "next", "url": f"{path}?_count={count}&_offset={offset + count}"})
+    entries = []
+    for row in rows:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{row.resource_type}/{row.resource_id}"}
+        url = f"{row.resource_type}/{row.resource_id}" if row.method != "POST" else row.resource_type
+        entry["request"] = {"method": row.method, "url": url}
+        entry["response"] = {"status": "204 No Content" if row.method == "DELETE" else
+                             ("201 Created" if row.method == "POST" else "200 OK"),
+                             "etag": f'W/"{row.version_id}"',
+                             "lastModified": row.last_updated.isoformat(timespec="milliseconds")}
+        if row.method != "DELETE":
+            entry["resource"] = row.content
+        entries.append(entry)
+    if entries:
+        out["entry"] = entries
+    return respond(request, out)
+
+
+def _binary(request: Request, sha: str) -> Response:
+    services = _services(request)
+    if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or not services.images.exists(sha):
+        raise errors.not_found(f"Binary/{sha} is not known")
+    data = services.images.get(sha)
+    ctype = sniff(data) if data[:4] != b"\x89PNG" else "image/png"
+    accept = request.headers.get("accept", "")
+    if ctype in accept or "image/*" in accept or request.query_params.get("_format") == "binary":
+        return Response(content=data, status_code=200, media_type=ctype,
+                        headers={"Cache-Control": "private, max-age=3600"})
+    import base64
+    return respond(request, {"resourceType": "Binary", "id": sha, "contentType": ctype,
+                             "data": base64.b64encode(data).decode()})
+
+
+# -- errors as OperationOutcome -------------------------------------------------------------------
+
+def fhir_error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, errors.FhirError):
+        return respond(request, exc.outcome(), exc.status, exc.headers)
+    if isinstance(exc, HTTPException):
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly", 401: "login", 403: "forbidden"}
+        status = exc.status_code
+        return respond(request, errors.FhirError(status, str(exc.detail), code.get(status, "invalid")).outcome(),
+                       status)
+    if isinstance(exc, OperationalError):
+        return respond(request, errors.FhirError(503, "the database is unavailable; try again shortly",
+                                                 "transient").outcome(), 503, {"Retry-After": "5"})
+    import logging
+    logging.getLogger("cxr_fhir.fhir").exception("unhandled error", extra={"path": request.url.path})
+    return respond(request, errors.FhirError(500, "internal error; it has been logged", "exception").outcome(), 500)
+
+
+def is_fhir_path(path: str) -> bool:
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def fhir_router(max_body_bytes: int) -> Router:
+    # Base64 in a Parameters body is a third larger than the image it carries.
+    return Router(
+        path="/fhir",
+        route_handlers=[metadata, batch_or_transaction, analyze_operation, search_type, create, conditional_update,
+                        history_type, read, update, delete_instance, history_instance, vread],
+        exception_handlers={Exception: fhir_error_response},
+        request_max_body_size=int(max_body_bytes * 1.4) + 65536,
+        include_in_schema=True,
+    )

@@ -1,0 +1,164 @@
+"""A search request (query parameters) -> a searchset Bundle, with paging and includes."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlmodel import Session
+
+from ..storage.tables import FhirResource
+from . import errors, store
+from .search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
+
+DEFAULT_COUNT, MAX_COUNT = 20, 500
+CONTROL = {"_count", "_offset", "_sort", "_summary", "_elements", "_include", "_revinclude", "_total",
+           "_format", "_pretty"}
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+             "display": "subsetted"}
+SUMMARIES = ("count", "false")
+
+
+def _int(name: str, value: str, low: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise errors.bad_request(f"{name} must be a whole number, not {value!r}") from None
+    if n < low:
+        raise errors.bad_request(f"{name} must be at least {low}")
+    return n
+
+
+def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
+          ) -> tuple[store.Query, dict[str, Any]]:
+    """Query criteria and the control options (_summary, _elements, _include, _revinclude).
+
+    Lenient (``strict=False``, the default of the REST search as in HAPI): unknown parameters are
+    ignored and listed in options["ignored"], so the self link can leave them out. A malformed
+    value of a known parameter is always an error."""
+    query = store.Query()
+    options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": [],
+                               "ignored": []}
+    for key, value in pairs:
+        if not strict and _unknown(resource_type, key):
+            options["ignored"].append(key)
+            continue
+        if key in ("_format", "_pretty"):
+            continue
+        if key == "_count":
+            query.count = min(_int("_count", value, 0), MAX_COUNT)
+        elif key == "_offset":
+            query.offset = _int("_offset", value, 0)
+        elif key == "_sort":
+            for item in value.split(","):
+                name = item.lstrip("-")
+                if name not in ("_lastUpdated", "_id", *SORTABLE.get(resource_type, [])):
+                    raise errors.bad_request(f"cannot sort {resource_type} by {name!r}; sortable: "
+                                             + ", ".join(["_lastUpdated", "_id", *SORTABLE.get(resource_type, [])]))
+                query.sort.append((name, item.startswith("-")))
+        elif key == "_summary":
+            if value not in SUMMARIES:
+                raise errors.bad_request(f"_summary={value} is not supported; use count or false")
+            options["summary"] = value
+        elif key == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise errors.bad_request("_total must be none, estimate or accurate")
+        elif key == "_elements":
+            options["elements"] = [e.strip() for e in value.split(",") if e.strip()]
+        elif key in ("_include", "_revinclude"):
+            allowed = INCLUDES.get(resource_type, []) if key == "_include" else REVINCLUDES.get(resource_type, [])
+            target_ok = value.count(":") == 2 and ":".join(value.split(":")[:2]) in allowed
+            if value not in allowed and not target_ok:
+                raise errors.bad_request(f"{key}={value} is not supported for {resource_type}; supported: "
+                                         + (", ".join(allowed) or "none"))
+            options[key[1:]].append(value)
+        elif key.startswith("_") and key not in ("_id", "_lastUpdated"):
+            raise errors.bad_request(f"search parameter {key} is not supported")
+        else:
+            name, _, modifier = key.partition(":")
+            chain = None
+            if "." in name:
+                name, _, chain = name.partition(".")
+            elif "." in modifier:
+                modifier, _, chain = modifier.partition(".")
+            if name not in ("_id", "_lastUpdated") and name not in PARAMS.get(resource_type, {}):
+                raise errors.bad_request(
+                    f"unknown search parameter {name!r} for {resource_type}; supported: "
+                    + ", ".join(["_id", "_lastUpdated", *PARAMS.get(resource_type, {})]))
+            values = [v for v in store.split_escaped(value, ",")]
+            if not any(values):
+                raise errors.bad_request(f"search parameter {key} has no value")
+            query.criteria.append(store.Criterion(name, modifier or None, values, chain))
+    return query, options
+
+
+def _unknown(resource_type: str, key: str) -> bool:
+    if key in CONTROL or key in ("_id", "_lastUpdated"):
+        return False
+    name = key.split(":")[0].split(".")[0]
+    return name.startswith("_") or name not in PARAMS.get(resource_type, {})
+
+
+def _shape(content: dict[str, Any], elements: list[str] | None) -> dict[str, Any]:
+    if not elements:
+        return content
+    keep = {"resourceType", "id", "meta", *elements}
+    out = {k: v for k, v in content.items() if k in keep}
+    meta = dict(out.get("meta", {}))
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return out
+
+
+def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = True
+           ) -> dict[str, Any]:
+    query, options = parse(resource_type, pairs, strict)
+    count_only = options["summary"] == "count" or query.count == 0
+    matches, total = store.search(s, resource_type, query, count_only=count_only)
+    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_format", "_pretty", *options["ignored"])]
+
+    def link(relation: str, offset: int) -> dict[str, str]:
+        params = kept + ([("_offset", str(offset))] if offset else [])
+        return {"relation": relation, "url": f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")}
+
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
+                           "link": [link("self", query.offset)]}
+    if count_only:
+        return out
+    if query.offset + query.count < total:
+        out["link"].append(link("next", query.offset + query.count))
+    if query.offset > 0:
+        out["link"].append(link("previous", max(0, query.offset - query.count)))
+    entries = [_entry(row, base, "match", options["elements"]) for row in matches]
+    for extra in _included(s, resource_type, matches, options):
+        entries.append(_entry(extra, base, "include", None))
+    if entries:
+        out["entry"] = entries
+    return out
+
+
+def _entry(row: FhirResource, base: str, mode: str, elements: list[str] | None) -> dict[str, Any]:
+    return {"fullUrl": f"{base}/{row.resource_type}/{row.id}", "resource": _shape(row.content, elements),
+            "search": {"mode": mode}}
+
+
+def _included(s: Session, resource_type: str, matches: list[FhirResource], options: dict[str, Any]
+              ) -> list[FhirResource]:
+    ids = [m.id for m in matches]
+    seen = {(m.resource_type, m.id) for m in matches}
+    out: list[FhirResource] = []
+    for spec in options["include"]:
+        _, param, *target = spec.split(":")
+        keys = store.references_from(s, resource_type, ids, param)
+        if target:
+            keys = [k for k in keys if k.startswith(f"{target[0]}/")]
+        out += store.fetch(s, keys)
+    for spec in options["revinclude"]:
+        source, param = spec.split(":")[:2]
+        out += store.referring(s, source, param, [f"{resource_type}/{i}" for i in ids])
+    unique = []
+    for row in out:
+        if (row.resource_type, row.id) not in seen:
+            seen.add((row.resource_type, row.id))
+            unique.append(row)
+    return unique

@@ -1,0 +1,181 @@
+"""POST /fhir with a batch or transaction Bundle.
+
+A transaction is one database transaction: every entry succeeds or nothing is stored. Entries
+run in the order the specification gives (DELETE, POST, PUT, GET); urn:uuid full URLs are given
+their ids before anything runs, so entries may refer to each other in any order.
+"""
+
+from __future__ import annotations
+
+import copy
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from ..storage.db import session_scope
+from ..storage.types import new_id
+from . import errors, interactions, search
+from .providers import Actor
+
+MAX_ENTRIES = 500
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+
+
+def _status(code: int) -> str:
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+def _split(url: str) -> tuple[str, str | None, str | None, list[tuple[str, str]]]:
+    """'Patient/1/_history/2?x=y' -> (type, id, version, query pairs)."""
+    parts = urlsplit(url)
+    segments = [p for p in parts.path.strip("/").split("/") if p]
+    if not segments:
+        raise errors.bad_request(f"entry request url {url!r} names no resource type")
+    rtype = segments[0]
+    rid = segments[1] if len(segments) > 1 else None
+    version = segments[3] if len(segments) > 3 and segments[2] == "_history" else None
+    return rtype, rid, version, parse_qsl(parts.query, keep_blank_values=True)
+
+
+def _relink(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _relink(v, ids))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relink(v, ids) for v in value]
+    return value
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise errors.bad_request("Bundle.entry must be a list")
+    if len(entries) > MAX_ENTRIES:
+        raise errors.FhirError(413, f"the Bundle has {len(entries)} entries; at most {MAX_ENTRIES} are accepted",
+                               "too-costly")
+    for i, entry in enumerate(entries):
+        req = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(req, dict) or req.get("method") not in ORDER or not isinstance(req.get("url"), str):
+            raise errors.bad_request(f"entry {i} needs request.method (GET, POST, PUT, DELETE) and request.url",
+                                     [f"Bundle.entry[{i}].request"])
+    return entries
+
+
+def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: str,
+         assigned: dict[int, str] | None = None, index: int = 0) -> tuple[interactions.Result, dict | None]:
+    req = entry["request"]
+    method, (rtype, rid, version, pairs) = req["method"], _split(req["url"])
+    resource = entry.get("resource")
+    if method in ("GET", "HEAD"):
+        if rid and version:
+            return interactions.vread(s, rtype, rid, version), None
+        if rid:
+            return interactions.read(s, rtype, rid), None
+        interactions.provider(rtype, services)
+        return interactions.Result(200), search.bundle(s, rtype, pairs, base)
+    if_match = _etag(req.get("ifMatch"))
+    if method == "DELETE":
+        if not rid:
+            raise errors.FhirError(405, "conditional delete is not supported", "not-supported")
+        return interactions.delete(s, services, rtype, rid, actor, if_match), None
+    if method == "POST":
+        new = (assigned or {}).get(index)
+        return interactions.create(s, services, rtype, resource, actor, req.get("ifNoneExist"), new_id=new), None
+    if rid:
+        return interactions.update(s, services, rtype, rid, resource, actor, if_match), None
+    if pairs:
+        return interactions.conditional_update(s, services, rtype, pairs, resource, actor), None
+    raise errors.bad_request(f"PUT {req['url']!r} needs an id or search criteria")
+
+
+def _etag(value: str | None) -> int | None:
+    if not value:
+        return None
+    digits = value.removeprefix("W/").strip('"')
+    if not digits.isdigit():
+        raise errors.bad_request(f"If-Match {value!r} is not a version ETag like W/\"3\"")
+    return int(digits)
+
+
+def _response(result: interactions.Result, payload: dict | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"response": {"status": _status(result.status)}}
+    if result.location:
+        entry["response"]["location"] = result.location
+        entry["response"]["etag"] = f'W/"{result.version}"'
+    if result.last_modified:
+        entry["response"]["lastModified"] = result.last_modified.isoformat(timespec="milliseconds")
+    body = payload or (result.resource if result.resource_type else None)
+    if body is not None:
+        entry["resource"] = body
+    elif result.resource and result.resource.get("resourceType") == "OperationOutcome":
+        entry["response"]["outcome"] = result.resource
+    return entry
+
+
+def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tuple[dict[str, str], dict[int, str]]:
+    """fullUrl (urn:uuid) -> 'Type/id' for every entry that creates or updates, before any runs."""
+    refs: dict[str, str] = {}
+    assigned: dict[int, str] = {}
+    for i, entry in enumerate(entries):
+        req, full = entry["request"], entry.get("fullUrl", "")
+        rtype, rid, _, pairs = _split(req["url"])
+        target: str | None = None
+        if req["method"] == "POST":
+            if req.get("ifNoneExist"):
+                found = interactions._matches(s, rtype, req["ifNoneExist"])
+                if len(found) == 1:
+                    target = found[0].id
+            if target is None:
+                target = assigned[i] = new_id()
+        elif req["method"] == "PUT":
+            if rid:
+                target = rid
+            elif pairs:
+                found = interactions._matches(s, rtype, pairs)
+                target = found[0].id if len(found) == 1 else None
+                if target is None and not found:
+                    target = new_id()
+                    entry["resource"] = {**(entry.get("resource") or {}), "id": target}
+                    entry["request"] = {**req, "url": f"{rtype}/{target}"}
+        if target and full.startswith("urn:uuid:"):
+            refs[full] = f"{rtype}/{target}"
+    return refs, assigned
+
+
+def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor, base: str
+            ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:
+    """The response Bundle, and (entry request, status) pairs for the audit trail."""
+    kind = bundle.get("type")
+    if bundle.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
+        raise errors.bad_request("POST /fhir takes a Bundle of type batch or transaction")
+    entries = copy.deepcopy(_entries(bundle))
+    order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
+    responses: list[dict[str, Any] | None] = [None] * len(entries)
+    audit: list[tuple[dict[str, Any], int]] = []
+    if kind == "transaction":
+        with session_scope(engine) as s:
+            refs, assigned = _preassign(s, services, entries)
+            for i in order:
+                entry = _relink(entries[i], refs)
+                try:
+                    result, payload = _run(s, services, entry, actor, base, assigned, i)
+                except errors.FhirError as exc:
+                    exc.diagnostics = f"transaction failed at entry {i} ({entry['request']['method']} " \
+                                      f"{entry['request']['url']}); nothing was stored: {exc.diagnostics}"
+                    raise
+                responses[i] = _response(result, payload)
+                audit.append((entry["request"], result.status))
+    else:
+        for i in order:
+            try:
+                with session_scope(engine) as s:
+                    result, payload = _run(s, services, entries[i], actor, base)
+                responses[i] = _response(result, payload)
+                audit.append((entries[i]["request"], result.status))
+            except errors.FhirError as exc:
+                responses[i] = {"response": {"status": _status(exc.status), "outcome": exc.outcome()}}
+                audit.append((entries[i]["request"], exc.status))
+    return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}, audit
