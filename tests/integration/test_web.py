@@ -163,6 +163,10 @@ def test_patient_search_filters_and_audit(client, app_settings):
     assert "Jones" in resus and "Smith" not in resus
     searches = events(app_settings, "search")
     assert searches and all("sm" not in (e.detail or "") for e in searches)
+    pid = re.search(r'href="/patients/([0-9a-f-]{36})">Jones', resus).group(1)
+    assert client.get(f"/patients/{pid}").status_code == 200
+    reads = [e for e in events(app_settings, "read") if e.entity_id == pid]
+    assert len(reads) == 1 and reads[0].action == "R" and reads[0].agent_id == "dr.grey"
 
 
 def test_error_pages_404_and_403(client):
