@@ -8,7 +8,7 @@ VALIDATOR := tests/fhir_validator/node_modules/.installed
 # The stand-in hospital EHR for the push tests: a real FHIR server, in its own venv (own pins).
 SEKMET    := .venv-sekmet/bin/sekmet
 
-.PHONY: run test install migrate clean
+.PHONY: run test install migrate clean chromium static
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ migrate: install
 run: migrate
 	$(BIN)/cxr-fhir serve
 
-test: install $(VALIDATOR) $(SEKMET)
+# The browser tests drive the Debian chromium through Playwright; a no-op when it is installed.
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+# htmx is vendored (committed) in static/vendor/; this refreshes it from the pinned npm package.
+static:
+	cd static && npm ci --no-audit --no-fund --silent && cp node_modules/htmx.org/dist/htmx.min.js vendor/htmx.min.js
+
+test: install $(VALIDATOR) $(SEKMET) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

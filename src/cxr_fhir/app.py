@@ -173,11 +173,15 @@ def create_app(settings: Settings) -> Litestar:
                 ehr_worker.client.close()
             services.engine.dispose()
 
+    from .web import web_config  # the doctor's pages (templates, CSRF and error pages scoped to them)
+
+    web = web_config(settings, api_errors=_app_errors)
     return Litestar(
-        route_handlers=[health, ready, fhir_router(settings.max_upload_bytes)],
-        exception_handlers={HTTPException: _app_errors},
+        route_handlers=[health, ready, fhir_router(settings.max_upload_bytes), *web.route_handlers],
+        template_config=web.template_config, csrf_config=web.csrf_config,
+        exception_handlers=web.exception_handlers,
         state=State({"services": services}),
         lifespan=[lifespan],
-        middleware=[_access_log],
+        middleware=[_access_log, *web.middleware],
         logging_config=None,  # the process entry point (cli.py) configures JSON logging
     )

@@ -32,3 +32,28 @@ def create_user(session: Session, username: str, password: str, role: str,
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     return repo.add(User(username=username, password_hash=password_hash, role=role, display_name=display_name))
+
+
+def set_disabled(session: Session, username: str, disabled: bool) -> User:
+    user = UserRepository(session).by_username(username)
+    if user is None:
+        raise UserError(f"no user named {username!r}")
+    user.disabled = disabled
+    session.add(user)
+    session.flush()
+    return user
+
+
+def reset_password(session: Session, username: str, password: str) -> User:
+    """A new password set by an admin; also lifts a lock-out."""
+    user = UserRepository(session).by_username(username)
+    if user is None:
+        raise UserError(f"no user named {username!r}")
+    try:
+        user.password_hash = hash_password(password)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    user.failed_logins, user.locked_until = 0, None
+    session.add(user)
+    session.flush()
+    return user

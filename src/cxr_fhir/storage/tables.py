@@ -249,3 +249,16 @@ class FhirIndex(SQLModel, table=True):
 
 
 VERSIONED: dict[str, type[VersionedFields]] = {"Patient": Patient, "Study": Study, "Report": Report}
+
+
+class WebSession(SQLModel, table=True):
+    """A logged-in browser (the web pages). The cookie holds a random token; only its SHA-256 is kept."""
+
+    __tablename__ = "web_session"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(foreign_key="app_user.id", index=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    source_ip: str | None = Field(default=None, max_length=64)

@@ -1,0 +1,36 @@
+"""Who may see a page: any logged-in user (doctor or admin), or an admin only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+from ..storage.tables import User
+from .sessions import COOKIE, SessionStore
+
+
+def current_user(connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
+    """The logged-in user of this request (looked up once, then kept on the request state)."""
+    cached = connection.scope.get("state", {}).get("user", False)
+    if cached is not False:
+        return cached
+    services = connection.app.state.services
+    user = SessionStore(services.engine).user_for(connection.cookies.get(COOKIE))
+    connection.state.user = user
+    return user
+
+
+def login_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if current_user(connection) is None:
+        raise NotAuthorizedException("please log in")
+
+
+def admin_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    user = current_user(connection)
+    if user is None:
+        raise NotAuthorizedException("please log in")
+    if user.role != "admin":
+        raise PermissionDeniedException("this page is for administrators")

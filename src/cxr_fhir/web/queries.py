@@ -1,0 +1,83 @@
+"""Read-only views the pages show (writes go through the services, never through here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from ..storage.tables import Analysis, Patient, Report, Study
+from ..storage.types import utcnow
+from .common import PRIORITY_RANK
+
+WORKLIST_WINDOW = timedelta(days=3)
+
+
+@dataclass
+class StudyRow:
+    study: Study
+    patient: Patient
+    analysis: Analysis | None
+    report: Report | None
+
+    @property
+    def priority(self) -> str:
+        if self.analysis is not None:
+            return self.analysis.priority
+        return "failed" if self.study.status == "failed" else "analyzing"
+
+    @property
+    def top(self) -> dict | None:
+        return self.analysis.top3[0] if self.analysis and self.analysis.top3 else None
+
+
+def _attach(s: Session, rows: list[tuple[Study, Patient]]) -> list[StudyRow]:
+    ids = [st.id for st, _ in rows]
+    analyses: dict[str, Analysis] = {}
+    reports: dict[str, Report] = {}
+    if ids:
+        for a in s.exec(select(Analysis).where(col(Analysis.study_id).in_(ids)).order_by(col(Analysis.created_at))):
+            analyses[a.study_id] = a  # the newest wins
+        for r in s.exec(select(Report).where(col(Report.study_id).in_(ids)).order_by(col(Report.created_at))):
+            reports[r.study_id] = r
+    return [StudyRow(st, p, analyses.get(st.id), reports.get(st.id)) for st, p in rows]
+
+
+def worklist(engine: Engine, now: datetime | None = None, limit: int = 100) -> list[StudyRow]:
+    """Recent studies across patients: most urgent first, then newest."""
+    since = (now or utcnow()) - WORKLIST_WINDOW
+    with Session(engine) as s:
+        rows = s.exec(select(Study, Patient).join(Patient, col(Patient.id) == col(Study.patient_id))
+                      .where(col(Study.deleted_at).is_(None), col(Patient.deleted_at).is_(None),
+                             col(Study.created_at) >= since)
+                      .order_by(col(Study.created_at).desc()).limit(limit)).all()
+        items = _attach(s, list(rows))
+    items.sort(key=lambda r: (PRIORITY_RANK.get(r.priority, 9), -r.study.created_at.timestamp()))
+    return items
+
+
+def patient_studies(engine: Engine, patient: Patient) -> list[StudyRow]:
+    """The diagnosis history of one patient, newest first (deleted studies are not listed)."""
+    with Session(engine) as s:
+        studies = s.exec(select(Study).where(Study.patient_id == patient.id, col(Study.deleted_at).is_(None))
+                         .order_by(col(Study.created_at).desc())).all()
+        return _attach(s, [(st, patient) for st in studies])
+
+
+def study_row(engine: Engine, study_id: str) -> StudyRow | None:
+    """One study with its patient, analysis and report; deleted ones too (kept in history)."""
+    with Session(engine) as s:
+        found = s.exec(select(Study, Patient).join(Patient, col(Patient.id) == col(Study.patient_id))
+                       .where(Study.id == study_id)).first()
+        if found is None:
+            return None
+        return _attach(s, [found])[0]
+
+
+def er_areas(engine: Engine) -> list[str]:
+    with Session(engine) as s:
+        values = s.exec(select(Patient.er_area).where(col(Patient.er_area).is_not(None),
+                                                      col(Patient.deleted_at).is_(None)).distinct()).all()
+    return sorted(v for v in values if v)
