@@ -299,6 +299,16 @@ def test_tokens_scopes_and_audit(api, engine):
     with Session(engine) as s:
         failed = s.exec(select(AuditEvent).where(AuditEvent.outcome == "4")).all()
         assert {e.subtype for e in failed} >= {"create", "search-type", "transaction"}
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": _patient("Batched"), "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient?family=batched"}}]}
+    assert api("POST", "/fhir", batch).status_code == 200
+    with Session(engine) as s:  # each entry is audited on its own
+        per_entry = s.exec(select(AuditEvent).where(AuditEvent.entity_type == "Patient",
+                                                    AuditEvent.agent_id == "integration")).all()
+        assert {"create", "search-type"} <= {e.subtype for e in per_entry}
+    r = api("GET", "/fhir/Patient")
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
     assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}).status_code == 404
 
 

@@ -6,7 +6,9 @@ and hand over to interactions / search / transactions / analyze on one database 
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -24,15 +26,21 @@ from ..security import audit
 from ..security.clients import allows, authenticate
 from ..storage.db import session_scope
 from ..storage.tables import ApiClient
-from . import analyze, audit_events, errors, interactions, search, transactions
+from . import analyze, audit_events, errors, interactions, search, store, transactions
 from .capability import capability_statement
 from .delivery import with_delivery_status
+from .index import BadDate, date_range
 from .interactions import Result
 from .providers import Actor
 
+log = logging.getLogger("cxr_fhir.fhir")
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+# An API answer is data, never a page: nothing in it may run, frame or be cached by a proxy.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+                    "Referrer-Policy": "no-referrer"}
 INTERACTION_ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R",
                       "history-type": "R", "create": "C", "update": "U", "delete": "D", "transaction": "E",
                       "batch": "E", "operation": "E", "capabilities": "R"}
@@ -88,7 +96,8 @@ def respond(request: Request, body: dict[str, Any] | bytes | None, status: int =
     else:
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     mtype = media_type or (_safe_type(request) + "; charset=utf-8")
-    return Response(content=content, status_code=status, media_type=mtype, headers=headers or {})
+    return Response(content=content, status_code=status, media_type=mtype, headers={**SECURITY_HEADERS,
+                                                                                    **(headers or {})})
 
 
 def _safe_type(request: Request) -> str:
@@ -208,12 +217,26 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
             rtype = str(req.get("url", "")).split("?")[0].split("/")[0]
             if rtype:
                 require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
-        response, _ = transactions.process(_services(request).engine, _services(request), bundle,
-                                           _actor(client), base_url(request))
+        response, done = transactions.process(_services(request).engine, _services(request), bundle,
+                                              _actor(client), base_url(request))
+        _audit_entries(request, client, done)
         return respond(request, response)
 
-    kind = "transaction"
-    return _guarded(request, kind, None, None, None, work, audit_resource="Bundle")
+    return _guarded(request, "transaction", None, None, None, work, audit_resource="Bundle")
+
+
+ENTRY_INTERACTION = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}
+
+
+def _audit_entries(request: Request, client: ApiClient, done: list[tuple[dict[str, Any], int]]) -> None:
+    """Each entry of a batch or transaction is an access of its own, audited as such."""
+    with session_scope(_services(request).engine) as s:
+        for req, status in done:
+            rtype, rid, _, _ = transactions._split(req["url"])
+            interaction = ENTRY_INTERACTION[req["method"]] if rid or req["method"] != "GET" else "search-type"
+            audit.record(s, action=INTERACTION_ACTION[interaction], subtype=interaction, agent_type="client",
+                         agent_id=client.name, outcome="0" if status < 400 else "4", entity_type=rtype,
+                         entity_id=rid, source_ip=request.client.host if request.client else None)
 
 
 @get("/{resource_type:str}", sync_to_thread=True)
@@ -371,9 +394,6 @@ def _analyze_operation(request: Request, data: bytes) -> Response:
 # -- helpers for the handlers ---------------------------------------------------------------------
 
 def _history(request: Request, resource_type: str, rid: str | None) -> Response:
-    from . import store
-    from .index import BadDate, date_range
-
     interactions.provider(resource_type, None)
     pairs = dict(request.query_params.items())
     unknown = set(pairs) - {"_count", "_offset", "_since", "_format"}
@@ -422,8 +442,7 @@ def _binary(request: Request, sha: str) -> Response:
     accept = request.headers.get("accept", "")
     if ctype in accept or "image/*" in accept or request.query_params.get("_format") == "binary":
         return Response(content=data, status_code=200, media_type=ctype,
-                        headers={"Cache-Control": "private, max-age=3600"})
-    import base64
+                        headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"})
     return respond(request, {"resourceType": "Binary", "id": sha, "contentType": ctype,
                              "data": base64.b64encode(data).decode()})
 
@@ -441,8 +460,7 @@ def fhir_error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OperationalError):
         return respond(request, errors.FhirError(503, "the database is unavailable; try again shortly",
                                                  "transient").outcome(), 503, {"Retry-After": "5"})
-    import logging
-    logging.getLogger("cxr_fhir.fhir").exception("unhandled error", extra={"path": request.url.path})
+    log.exception("unhandled error", extra={"path": request.url.path})
     return respond(request, errors.FhirError(500, "internal error; it has been logged", "exception").outcome(), 500)
 
 
