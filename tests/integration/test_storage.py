@@ -115,9 +115,11 @@ def test_a_stale_copy_in_the_session_cannot_win(engine):
     with session_scope(engine) as a_session:
         mine = PatientRepository(a_session).get(pid)  # version 1 now sits in this session
         assert mine.version_id == 1
+        if engine.dialect.name == "sqlite":
+            # SQLite: a unit of work holds the write lock from its start (BEGIN IMMEDIATE), so the
+            # other writer can only come in after this one ends its transaction.
+            a_session.rollback()
         with session_scope(engine) as other:
             PatientRepository(other).update(pid, {"given": "Other"}, actor="b")
-        if engine.dialect.name == "sqlite":
-            a_session.rollback()  # SQLite: a reader's snapshot would hide the other commit
         with pytest.raises(VersionConflict):
             PatientRepository(a_session).update(pid, {"given": "Mine"}, actor="a", expected_version=1)

@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from ..fhir import projection
@@ -104,7 +105,10 @@ class PatientService:
         row = Patient(**values)
         if patient_id:
             row.id = patient_id
-        row = repo.create(row, actor=actor)
+        try:
+            row = repo.create(row, actor=actor)
+        except IntegrityError as exc:  # registered by someone else a moment ago (unique index)
+            raise PatientInvalid({"mrn": "already registered to another patient"}) from exc
         projection.patient(s, row, fhir_extra)
         return row
 
@@ -118,7 +122,10 @@ class PatientService:
                   expected_version: int | None = None, fhir_extra: dict[str, Any] | None = None) -> Patient:
         repo = PatientRepository(s)
         self._check_mrn_free(repo, values, patient_id)
-        row = repo.update(patient_id, values, actor=actor, expected_version=expected_version)
+        try:
+            row = repo.update(patient_id, values, actor=actor, expected_version=expected_version)
+        except IntegrityError as exc:
+            raise PatientInvalid({"mrn": "already registered to another patient"}) from exc
         projection.patient(s, row, fhir_extra)
         return row
 

@@ -19,10 +19,19 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite only opens a transaction before DML and commits DDL on its own: take over, so a
-        # unit of work (and a migration) is one real transaction. SQLAlchemy's documented recipe.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # unit of work (and a migration) is one real transaction (SQLAlchemy's documented recipe).
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _sqlite_begin(conn) -> None:
+    # A unit of work (session_scope) takes the write lock up front (IMMEDIATE): two deferred
+    # transactions that read and then both write deadlock, and SQLite answers one of them
+    # "database is locked" at once instead of waiting out busy_timeout. Writers queue for the
+    # lock; plain reading sessions stay deferred and, in WAL, never wait for a writer.
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -39,7 +48,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A unit of work: commits on success, rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    bind = engine.execution_options(sqlite_immediate=True) if engine.dialect.name == "sqlite" else engine
+    with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import JSON, Index, UniqueConstraint
+from sqlalchemy import JSON, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from .types import UTCDateTime, new_id, utcnow
@@ -28,7 +28,11 @@ class VersionedFields(SQLModel):
 
 class Patient(VersionedFields, table=True):
     __tablename__ = "patient"
-    __table_args__ = (Index("ix_patient_family_given", "family", "given"),)
+    __table_args__ = (Index("ix_patient_family_given", "family", "given"),
+                      # One living patient per MRN in its system (migration 0005).
+                      Index("uq_patient_living_mrn", "mrn_system", "mrn", unique=True,
+                            sqlite_where=text("deleted_at IS NULL AND mrn IS NOT NULL"),
+                            postgresql_where=text("deleted_at IS NULL AND mrn IS NOT NULL")))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     # None for a patient registered over FHIR without an MRN (e.g. in a transaction from another system).
