@@ -21,6 +21,7 @@ from ..services.reports import ReportService, ReportStateError, StudyService
 from ..storage.errors import Gone, NotFound, StoreUnavailable, VersionConflict
 from ..storage.tables import Report
 from .common import audit_read, page, services, user
+from .delivery import delivery_context
 from .guards import login_required
 from .images import FULL, THUMB, Renditions
 from .queries import StudyRow, study_row
@@ -80,9 +81,14 @@ class StudyController(Controller):
             except ImageRejected as exc:
                 results.append({"filename": name, "error": exc.reason, "code": exc.code})
                 continue
-            except (Saturated, StoreUnavailable) as exc:  # nothing stored: the doctor can simply retry
-                results.append({"filename": name, "error": f"Not analysed now: {exc}. Try this file again shortly.",
-                                "code": "busy"})
+            except Saturated as exc:  # nothing stored: the doctor can simply send it again
+                results.append({"filename": name, "code": "busy",
+                                "error": f"Not analysed now: the analysis queue is full. Try this file again in "
+                                         f"about {exc.retry_after_s} s; nothing was stored."})
+                continue
+            except StoreUnavailable as exc:
+                results.append({"filename": name, "code": "busy",
+                                "error": f"Not analysed now: {exc}. Try this file again shortly; nothing was stored."})
                 continue
             except (NotFound, Gone) as exc:
                 raise NotFoundException() from exc
@@ -100,7 +106,8 @@ class StudyController(Controller):
         row = _row(request, study_id)
         audit_read(request, "Study", row.study.id, detail="result view")
         return page(request, "result.html", row=row, colours=COLOURS, all_findings=_all_findings(row),
-                    model_info=getattr(services(request).models, "model_info", None))
+                    model_info=getattr(services(request).models, "model_info", None),
+                    **delivery_context(request, row.report.id if row.report else None))
 
     @get("/studies/{study_id:str}/image.png", sync_to_thread=True)
     def image(self, request: Request, study_id: str, size: str = "full") -> Response:
