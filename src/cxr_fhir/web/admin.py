@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from sqlmodel import Session, col, select
 
@@ -69,7 +69,7 @@ class AdminController(Controller):
         return self._users_page(request, message=f"Created {made.role} account “{made.username}”.")
 
     @post("/users/{username:str}/disable", sync_to_thread=True)
-    def disable(self, request: Request, username: str, data: Form) -> Template:
+    def disable(self, request: Request, username: FromPath[str], data: Form) -> Template:
         disabled = data.get("disabled", "1") == "1"
         if username == user(request).username and disabled:
             return self._users_page(request, 409, message="You cannot disable your own account.")
@@ -85,7 +85,7 @@ class AdminController(Controller):
         return self._users_page(request, message=f"{'Disabled' if disabled else 'Enabled'} “{username}”.")
 
     @post("/users/{username:str}/password", sync_to_thread=True)
-    def password(self, request: Request, username: str, data: Form) -> Template:
+    def password(self, request: Request, username: FromPath[str], data: Form) -> Template:
         try:
             with session_scope(services(request).engine) as s:
                 target = reset_password(s, username, data.get("password") or "")
@@ -121,7 +121,7 @@ class AdminController(Controller):
         return self._clients_page(request, token=token, message=f"Created client “{name}”.")
 
     @post("/clients/{name:str}/revoke", sync_to_thread=True)
-    def revoke(self, request: Request, name: str) -> Template:
+    def revoke(self, request: Request, name: FromPath[str]) -> Template:
         try:
             with session_scope(services(request).engine) as s:
                 client = revoke_client(s, name)
@@ -163,11 +163,11 @@ class AdminController(Controller):
                     message=message, bad=bad, limit=DELIVERIES_PAGE)
 
     @get("/deliveries", sync_to_thread=True)
-    def delivery_list(self, request: Request, status: str = "") -> Template:
+    def delivery_list(self, request: Request, status: FromQuery[str] = "") -> Template:
         return self._deliveries_page(request, status)
 
     @post("/deliveries/{outbox_id:str}/retry", sync_to_thread=True)
-    def retry_delivery(self, request: Request, outbox_id: str, data: Form) -> Template:
+    def retry_delivery(self, request: Request, outbox_id: FromPath[str], data: Form) -> Template:
         status = data.get("status") or ""
         if not services(request).settings.ehr_push_enabled:
             return self._deliveries_page(request, status, 409, "EHR push is disabled on this server: "
@@ -184,8 +184,9 @@ class AdminController(Controller):
 
     # -- audit ----------------------------------------------------------------------------------
     @get("/audit", sync_to_thread=True)
-    def audit_log(self, request: Request, agent: str = "", subtype: str = "", action: str = "",
-                  since: str = "", until: str = "", page_no: int = 1) -> Template:
+    def audit_log(self, request: Request, agent: FromQuery[str] = "", subtype: FromQuery[str] = "",
+                  action: FromQuery[str] = "", since: FromQuery[str] = "", until: FromQuery[str] = "",
+                  page_no: FromQuery[int] = 1) -> Template:
         stmt = select(AuditEvent)
         if agent.strip():
             stmt = stmt.where(AuditEvent.agent_id == agent.strip())

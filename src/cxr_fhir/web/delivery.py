@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -44,13 +44,13 @@ class DeliveryController(Controller):
     guards = [login_required]
 
     @get("/", sync_to_thread=True)
-    def status(self, request: Request, report_id: str) -> Template:
+    def status(self, request: Request, report_id: FromPath[str]) -> Template:
         report = _report(request, report_id)
         audit_read(request, "DiagnosticReport", report.id, detail="EHR delivery status")
         return page(request, "partials/delivery.html", **delivery_context(request, report.id))
 
     @post("/retry", sync_to_thread=True)
-    def retry(self, request: Request, report_id: str, data: Form) -> Template | Redirect:
+    def retry(self, request: Request, report_id: FromPath[str], data: Form) -> Template | Redirect:
         svc = services(request)
         report = _report(request, report_id)
         outbox_id = (data.get("outbox_id") or "").strip()
