@@ -148,6 +148,9 @@ def test_doctor_flow_login_register_upload_read_confirm_delete_logout(server, br
     assert n_boxes >= 1
     expect(page.get_by_text(f"Boxes ({n_boxes})")).to_be_visible()
     page.wait_for_function("() => document.getElementById('xray').naturalWidth > 0")
+    # No EHR configured for this server: the delivery block says so (and does not poll).
+    expect(page.locator("#ehr-status")).to_contain_text("Push disabled")
+    expect(page.locator("#ehr-status[hx-trigger]")).to_have_count(0)
     page.get_by_text("All 14 findings").click()
     expect(page.locator("details[open] ul.findings li")).to_have_count(14)
     page.get_by_text("All 14 findings").click()

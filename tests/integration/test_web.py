@@ -203,3 +203,16 @@ def test_security_headers_on_web_pages(client):
     assert r.headers["cache-control"] == "no-store"
     assert "<script>" not in r.text and " onclick=" not in r.text
     assert client.get("/static/vendor/htmx.min.js").status_code == 200
+
+
+def test_web_handlers_declare_path_and_query_parameters_explicitly(app_settings):
+    """Litestar 2.25 deprecates inferred parameter sources (FromPath/FromQuery are explicit)."""
+    import warnings
+
+    from litestar.utils.deprecation import LitestarDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_app(app_settings)
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, LitestarDeprecationWarning)]
+    assert [m for m in deprecated if "inferred style" in m or "litestar.contrib.jinja" in m] == []

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.config.csrf import CSRFConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from ..settings import PROJECT_ROOT, Settings
 from .admin import AdminController
 from .auth import AuthController
+from .delivery import DeliveryController
 from .errors import exception_handlers
 from .headers import security_headers
 from .patients import PatientController
@@ -45,8 +46,8 @@ def web_config(settings: Settings, api_errors: Callable[..., Any] | None = None)
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False,
                                         cache_control=None)
     return WebConfig(
-        route_handlers=[AuthController, WorklistController, PatientController, StudyController, AdminController,
-                        static],
+        route_handlers=[AuthController, WorklistController, PatientController, StudyController, DeliveryController,
+                        AdminController, static],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.effective_secret_key, cookie_name="cxr_csrf",
                                cookie_secure=settings.secure_cookies, cookie_samesite="lax",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from sqlmodel import Session, col, select
 
@@ -15,14 +15,18 @@ from ..inference.registry import read_manifest
 from ..security import audit
 from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
+from ..services.outbox import OutboxService, RetryRefused
+from ..storage.errors import NotFound
 from ..storage.db import session_scope
 from ..storage.tables import ApiClient, AuditEvent, User
-from .common import client_ip, page, services, user
+from .common import audit_read, client_ip, page, services, user
+from .queries import DELIVERY_STATES, deliveries
 from .guards import admin_required
 from .sessions import SessionStore
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 AUDIT_PAGE = 100
+DELIVERIES_PAGE = 200
 
 
 class AdminController(Controller):
@@ -65,7 +69,7 @@ class AdminController(Controller):
         return self._users_page(request, message=f"Created {made.role} account “{made.username}”.")
 
     @post("/users/{username:str}/disable", sync_to_thread=True)
-    def disable(self, request: Request, username: str, data: Form) -> Template:
+    def disable(self, request: Request, username: FromPath[str], data: Form) -> Template:
         disabled = data.get("disabled", "1") == "1"
         if username == user(request).username and disabled:
             return self._users_page(request, 409, message="You cannot disable your own account.")
@@ -81,7 +85,7 @@ class AdminController(Controller):
         return self._users_page(request, message=f"{'Disabled' if disabled else 'Enabled'} “{username}”.")
 
     @post("/users/{username:str}/password", sync_to_thread=True)
-    def password(self, request: Request, username: str, data: Form) -> Template:
+    def password(self, request: Request, username: FromPath[str], data: Form) -> Template:
         try:
             with session_scope(services(request).engine) as s:
                 target = reset_password(s, username, data.get("password") or "")
@@ -117,7 +121,7 @@ class AdminController(Controller):
         return self._clients_page(request, token=token, message=f"Created client “{name}”.")
 
     @post("/clients/{name:str}/revoke", sync_to_thread=True)
-    def revoke(self, request: Request, name: str) -> Template:
+    def revoke(self, request: Request, name: FromPath[str]) -> Template:
         try:
             with session_scope(services(request).engine) as s:
                 client = revoke_client(s, name)
@@ -146,10 +150,43 @@ class AdminController(Controller):
                     thresholds=thresholds, manifest_error=error, loaded=svc.models is not None,
                     model_info=getattr(svc.models, "model_info", None), model_error=svc.model_error)
 
+    # -- EHR deliveries -------------------------------------------------------------------------
+    def _deliveries_page(self, request: Request, status: str, status_code: int = 200,
+                         message: str | None = None, bad: bool = False) -> Template:
+        status = status if status in DELIVERY_STATES else ""
+        rows = deliveries(services(request).engine, status or None, limit=DELIVERIES_PAGE)
+        # The rows name patients: reading them is audited like any other view of patient data.
+        audit_read(request, "DiagnosticReport", None, subtype="search",
+                   detail=f"EHR deliveries ({status or 'all'}), {len(rows)} rows")
+        return page(request, "admin/deliveries.html", status_code=status_code, rows=rows, status=status,
+                    states=DELIVERY_STATES, backlog=OutboxService(services(request).engine).backlog(),
+                    message=message, bad=bad, limit=DELIVERIES_PAGE)
+
+    @get("/deliveries", sync_to_thread=True)
+    def delivery_list(self, request: Request, status: FromQuery[str] = "") -> Template:
+        return self._deliveries_page(request, status)
+
+    @post("/deliveries/{outbox_id:str}/retry", sync_to_thread=True)
+    def retry_delivery(self, request: Request, outbox_id: FromPath[str], data: Form) -> Template:
+        status = data.get("status") or ""
+        if not services(request).settings.ehr_push_enabled:
+            return self._deliveries_page(request, status, 409, "EHR push is disabled on this server: "
+                                                                "nothing can be sent.", bad=True)
+        try:
+            # OutboxService.retry writes the audit event (delivery-retry, naming the admin).
+            row = OutboxService(services(request).engine).retry(outbox_id, actor=user(request).username)
+        except RetryRefused as exc:
+            return self._deliveries_page(request, status, 409, f"Not retried: {exc}.", bad=True)
+        except NotFound:
+            return self._deliveries_page(request, status, 404, "That delivery was not found.", bad=True)
+        return self._deliveries_page(request, status, message=f"Delivery {row.id[:8]} of report version "
+                                                              f"{row.report_version} is queued for an attempt now.")
+
     # -- audit ----------------------------------------------------------------------------------
     @get("/audit", sync_to_thread=True)
-    def audit_log(self, request: Request, agent: str = "", subtype: str = "", action: str = "",
-                  since: str = "", until: str = "", page_no: int = 1) -> Template:
+    def audit_log(self, request: Request, agent: FromQuery[str] = "", subtype: FromQuery[str] = "",
+                  action: FromQuery[str] = "", since: FromQuery[str] = "", until: FromQuery[str] = "",
+                  page_no: FromQuery[int] = 1) -> Template:
         stmt = select(AuditEvent)
         if agent.strip():
             stmt = stmt.where(AuditEvent.agent_id == agent.strip())

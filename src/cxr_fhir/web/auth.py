@@ -16,7 +16,7 @@ from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from ..security import audit
@@ -66,7 +66,7 @@ def _safe_next(target: str | None) -> str:
 
 class AuthController(Controller):
     @get("/login", sync_to_thread=True)
-    def login_form(self, request: Request, next: str | None = None) -> Template | Redirect:
+    def login_form(self, request: Request, next: FromQuery[str | None] = None) -> Template | Redirect:
         if current_user(request) is not None:
             return Redirect(_safe_next(next), status_code=303)
         return page(request, "login.html", next=_safe_next(next), username="", error=None)

@@ -12,8 +12,11 @@ from ..security import audit
 from ..storage.db import session_scope
 from ..storage.tables import User
 
-PRIORITY_LABEL = {"stat": "STAT", "urgent": "Urgent", "routine": "Routine"}
-PRIORITY_RANK = {"stat": 0, "urgent": 1, "failed": 1, "routine": 2, "analyzing": 3}
+PRIORITY_LABEL = {"stat": "STAT", "urgent": "Urgent", "routine": "Routine", "queued": "Queued",
+                  "analyzing": "Analysing", "failed": "Analysis failed"}
+PRIORITY_RANK = {"stat": 0, "urgent": 1, "failed": 1, "routine": 2, "analyzing": 3, "queued": 3}
+# The EHR delivery of a report, as the doctor reads it ('dead' is a delivery that will not be retried).
+DELIVERY_LABEL = {"pending": "EHR: pending", "delivered": "EHR: delivered", "dead": "EHR: failed"}
 STATUS_LABEL = {"preliminary": "Preliminary (to confirm)", "final": "Confirmed", "amended": "Amended",
                 "cancelled": "Cancelled"}
 
@@ -44,7 +47,8 @@ def page(request: Request, name: str, status_code: int = 200, headers: dict[str,
     svc = services(request)
     base = {"user": _maybe_user(request),
             "push_enabled": svc.settings.ehr_push_enabled, "display": display,
-            "priority_label": PRIORITY_LABEL, "status_label": STATUS_LABEL, "htmx": is_htmx(request),
+            "priority_label": PRIORITY_LABEL, "status_label": STATUS_LABEL, "delivery_label": DELIVERY_LABEL,
+            "htmx": is_htmx(request),
             "path": request.url.path}
     return Template(template_name=name, context={**base, **context}, status_code=status_code, headers=headers)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
@@ -70,7 +70,8 @@ class PatientController(Controller):
     guards = [login_required]
 
     @get("/", sync_to_thread=True)
-    def search(self, request: Request, q: str = "", er_area: str = "", triage: str = "", page_no: int = 1) -> Template:
+    def search(self, request: Request, q: FromQuery[str] = "", er_area: FromQuery[str] = "",
+               triage: FromQuery[str] = "", page_no: FromQuery[int] = 1) -> Template:
         svc = services(request)
         level = int(triage) if triage.isdigit() and 1 <= int(triage) <= 5 else None
         page_no = max(1, page_no)
@@ -107,7 +108,7 @@ class PatientController(Controller):
                     genders=GENDERS, version=None)
 
     @get("/{patient_id:str}", sync_to_thread=True)
-    def detail(self, request: Request, patient_id: str) -> Template:
+    def detail(self, request: Request, patient_id: FromPath[str]) -> Template:
         svc = services(request)
         patient = _get_patient(request, patient_id)
         history = patient_studies(svc.engine, patient)
@@ -116,21 +117,21 @@ class PatientController(Controller):
                     models_ready=svc.models is not None, max_upload_mb=svc.settings.max_upload_bytes // 2**20)
 
     @get("/{patient_id:str}/history", sync_to_thread=True)
-    def history(self, request: Request, patient_id: str) -> Template:
+    def history(self, request: Request, patient_id: FromPath[str]) -> Template:
         svc = services(request)
         patient = _get_patient(request, patient_id)
         audit_read(request, "Patient", patient.id, detail="diagnosis history")
         return page(request, "partials/history.html", patient=patient, history=patient_studies(svc.engine, patient))
 
     @get("/{patient_id:str}/edit", sync_to_thread=True)
-    def edit_form(self, request: Request, patient_id: str) -> Template:
+    def edit_form(self, request: Request, patient_id: FromPath[str]) -> Template:
         patient = _get_patient(request, patient_id)
         audit_read(request, "Patient", patient.id, detail="edit form")
         return page(request, "patient_form.html", patient=patient, values=_values(patient), errors={},
                     genders=GENDERS, version=patient.version_id)
 
     @post("/{patient_id:str}/edit", sync_to_thread=True)
-    def update(self, request: Request, patient_id: str, data: Form) -> Template | Redirect:
+    def update(self, request: Request, patient_id: FromPath[str], data: Form) -> Template | Redirect:
         svc = services(request)
         patient = _get_patient(request, patient_id)
         values = {k: data.get(k, "") for k in FIELDS}

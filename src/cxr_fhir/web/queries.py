@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from ..storage.tables import Analysis, Patient, Report, Study
+from ..storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from ..storage.types import utcnow
 from .common import PRIORITY_RANK
 
@@ -21,12 +21,15 @@ class StudyRow:
     patient: Patient
     analysis: Analysis | None
     report: Report | None
+    delivery: str | None = None  # the EHR delivery of the report's newest version: pending | delivered | dead
 
     @property
     def priority(self) -> str:
         if self.analysis is not None:
             return self.analysis.priority
-        return "failed" if self.study.status == "failed" else "analyzing"
+        if self.study.status == "failed":
+            return "failed"
+        return "analyzing" if self.study.status == "analyzing" else "queued"
 
     @property
     def top(self) -> dict | None:
@@ -37,12 +40,28 @@ def _attach(s: Session, rows: list[tuple[Study, Patient]]) -> list[StudyRow]:
     ids = [st.id for st, _ in rows]
     analyses: dict[str, Analysis] = {}
     reports: dict[str, Report] = {}
+    deliveries: dict[str, str] = {}
     if ids:
         for a in s.exec(select(Analysis).where(col(Analysis.study_id).in_(ids)).order_by(col(Analysis.created_at))):
             analyses[a.study_id] = a  # the newest wins
         for r in s.exec(select(Report).where(col(Report.study_id).in_(ids)).order_by(col(Report.created_at))):
             reports[r.study_id] = r
-    return [StudyRow(st, p, analyses.get(st.id), reports.get(st.id)) for st, p in rows]
+        deliveries = _delivery_states(s, [r.id for r in reports.values()])
+    return [StudyRow(st, p, analyses.get(st.id), reports.get(st.id),
+                     deliveries.get(reports[st.id].id) if st.id in reports else None) for st, p in rows]
+
+
+def _delivery_states(s: Session, report_ids: list[str]) -> dict[str, str]:
+    """One query for all the rows shown: the status of each report's newest delivery (the same
+    ordering as services.outbox.newest, so the badge agrees with the result page)."""
+    if not report_ids:
+        return {}
+    found: dict[str, str] = {}
+    for report_id, status in s.exec(select(OutboxDelivery.report_id, OutboxDelivery.status)
+                                    .where(col(OutboxDelivery.report_id).in_(report_ids))
+                                    .order_by(col(OutboxDelivery.report_version), col(OutboxDelivery.created_at))):
+        found[report_id] = status  # the newest wins
+    return found
 
 
 def worklist(engine: Engine, now: datetime | None = None, limit: int = 100) -> list[StudyRow]:
@@ -81,3 +100,27 @@ def er_areas(engine: Engine) -> list[str]:
         values = s.exec(select(Patient.er_area).where(col(Patient.er_area).is_not(None),
                                                       col(Patient.deleted_at).is_(None)).distinct()).all()
     return sorted(v for v in values if v)
+
+
+@dataclass
+class DeliveryRow:
+    delivery: OutboxDelivery
+    report: Report
+    study: Study
+    patient: Patient
+
+
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+
+def deliveries(engine: Engine, status: str | None = None, limit: int = 100) -> list[DeliveryRow]:
+    """Outbox rows for the admin page, newest first, with the report, study and patient they are for."""
+    stmt = (select(OutboxDelivery, Report, Study, Patient)
+            .join(Report, col(Report.id) == col(OutboxDelivery.report_id))
+            .join(Study, col(Study.id) == col(Report.study_id))
+            .join(Patient, col(Patient.id) == col(Study.patient_id)))
+    if status:
+        stmt = stmt.where(OutboxDelivery.status == status)
+    with Session(engine) as s:
+        rows = s.exec(stmt.order_by(col(OutboxDelivery.created_at).desc()).limit(limit)).all()
+    return [DeliveryRow(*r) for r in rows]

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Template
 from sqlmodel import Session
 
@@ -21,6 +21,7 @@ from ..services.reports import ReportService, ReportStateError, StudyService
 from ..storage.errors import Gone, NotFound, StoreUnavailable, VersionConflict
 from ..storage.tables import Report
 from .common import audit_read, page, services, user
+from .delivery import delivery_context
 from .guards import login_required
 from .images import FULL, THUMB, Renditions
 from .queries import StudyRow, study_row
@@ -57,7 +58,7 @@ class StudyController(Controller):
     guards = [login_required]
 
     @post("/patients/{patient_id:str}/studies", request_max_body_size=None)
-    async def upload(self, request: Request, patient_id: str) -> Template:
+    async def upload(self, request: Request, patient_id: FromPath[str]) -> Template:
         svc = services(request)
         limit = svc.settings.max_upload_bytes
         form = await request.form()
@@ -80,9 +81,14 @@ class StudyController(Controller):
             except ImageRejected as exc:
                 results.append({"filename": name, "error": exc.reason, "code": exc.code})
                 continue
-            except (Saturated, StoreUnavailable) as exc:  # nothing stored: the doctor can simply retry
-                results.append({"filename": name, "error": f"Not analysed now: {exc}. Try this file again shortly.",
-                                "code": "busy"})
+            except Saturated as exc:  # nothing stored: the doctor can simply send it again
+                results.append({"filename": name, "code": "busy",
+                                "error": f"Not analysed now: the analysis queue is full. Try this file again in "
+                                         f"about {exc.retry_after_s} s; nothing was stored."})
+                continue
+            except StoreUnavailable as exc:
+                results.append({"filename": name, "code": "busy",
+                                "error": f"Not analysed now: {exc}. Try this file again shortly; nothing was stored."})
                 continue
             except (NotFound, Gone) as exc:
                 raise NotFoundException() from exc
@@ -96,20 +102,21 @@ class StudyController(Controller):
                     results=results, patient_id=patient_id, colours=COLOURS)
 
     @get("/studies/{study_id:str}", sync_to_thread=True)
-    def result(self, request: Request, study_id: str) -> Template:
+    def result(self, request: Request, study_id: FromPath[str]) -> Template:
         row = _row(request, study_id)
         audit_read(request, "Study", row.study.id, detail="result view")
         return page(request, "result.html", row=row, colours=COLOURS, all_findings=_all_findings(row),
-                    model_info=getattr(services(request).models, "model_info", None))
+                    model_info=getattr(services(request).models, "model_info", None),
+                    **delivery_context(request, row.report.id if row.report else None))
 
     @get("/studies/{study_id:str}/image.png", sync_to_thread=True)
-    def image(self, request: Request, study_id: str, size: str = "full") -> Response:
+    def image(self, request: Request, study_id: FromPath[str], size: FromQuery[str] = "full") -> Response:
         row = _row(request, study_id)
         audit_read(request, "Study", row.study.id, subtype="read-image", detail=f"image {size}")
         return _png(_renditions(request).png(row.study.content_sha256, THUMB if size == "thumb" else FULL))
 
     @get("/studies/{study_id:str}/overlay/{finding:str}", sync_to_thread=True)
-    def overlay(self, request: Request, study_id: str, finding: str) -> Response:
+    def overlay(self, request: Request, study_id: FromPath[str], finding: FromPath[str]) -> Response:
         row = _row(request, study_id)
         digest = (row.analysis.overlays if row.analysis else {}).get(finding)
         if digest is None:
@@ -118,11 +125,11 @@ class StudyController(Controller):
         return _png(services(request).images.get(digest))
 
     @post("/reports/{report_id:str}/confirm", sync_to_thread=True)
-    def confirm(self, request: Request, report_id: str, data: Form) -> Template:
+    def confirm(self, request: Request, report_id: FromPath[str], data: Form) -> Template:
         return self._decide(request, report_id, data, "confirm")
 
     @post("/reports/{report_id:str}/amend", sync_to_thread=True)
-    def amend(self, request: Request, report_id: str, data: Form) -> Template:
+    def amend(self, request: Request, report_id: FromPath[str], data: Form) -> Template:
         return self._decide(request, report_id, data, "amend")
 
     def _decide(self, request: Request, report_id: str, data: dict[str, str], action: str) -> Template:
@@ -152,7 +159,7 @@ class StudyController(Controller):
                     error=error, draft=conclusion if error else None)
 
     @post("/studies/{study_id:str}/delete", sync_to_thread=True)
-    def delete(self, request: Request, study_id: str) -> Template:
+    def delete(self, request: Request, study_id: FromPath[str]) -> Template:
         svc = services(request)
         row = _row(request, study_id, include_deleted=False)
         StudyService(svc.engine, svc.settings.ehr_push_enabled).delete(row.study.id, user(request).username)
