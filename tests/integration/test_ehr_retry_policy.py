@@ -167,5 +167,10 @@ def test_what_we_send_and_show_is_valid_r4(engine, tmp_path):
                                                        mapping.observations(analysis, study, report),
                                                        delivery_status=code))
     assert dr["extension"] == [{"url": "urn:cxr-fhir:ehr-delivery-status", "valueCode": "pending"}]
+    from support import us_core
+
+    pushed = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
+    assert us_core.problems(pushed) == []
+    assert us_core.problems(dr) == []
     results = validate([bundle, dr])
     assert [r["issues"] for r in results] == [[], []], json.dumps(results, indent=1)

@@ -17,6 +17,7 @@ from cxr_fhir.domain.findings import FINDINGS
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage.db import session_scope
+from support import us_core
 from support.fhir_validator import validate
 from support.images import dicom_from_png, png8
 
@@ -71,6 +72,7 @@ def test_analyze_raw_png_and_serve_every_ai_resource(env):
     assert dr["code"]["coding"][0]["code"] == "36554-4" and dr["meta"]["security"][0]["code"] == "AIAST"
     assert dr["imagingStudy"] == [{"reference": f"ImagingStudy/{study['id']}"}]
     assert "Triage priority" in dr["conclusion"]
+    assert us_core.problems(dr) == []
     overlay = dr["presentedForm"][0]["url"]
     png = client.get(f"/fhir/{overlay}", headers={"Authorization": f"Bearer {token}", "Accept": "image/png"})
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"

@@ -33,7 +33,7 @@ def _portable(resource) -> dict[str, Any]:
     """Our resource without our logical id and version (the EHR assigns its own)."""
     wire = mapping.to_wire(resource)
     wire.pop("id", None)
-    meta = {k: v for k, v in wire.pop("meta", {}).items() if k == "security"}
+    meta = {k: v for k, v in wire.pop("meta", {}).items() if k in ("security", "profile")}
     if meta:
         wire["meta"] = meta
     return wire
