@@ -52,3 +52,27 @@ def test_missing_weights_keep_the_service_unready_with_the_reason(settings, tmp_
         r = client.get("/ready")
         assert r.status_code == 503
         assert "no model manifest" in r.json()["checks"]["models"]
+
+
+def test_corrupt_weights_keep_the_service_unready_and_fhir_analyze_says_why(settings, tmp_path):
+    import shutil
+
+    from cxr_fhir.security.clients import create_client
+    from cxr_fhir.settings import PROJECT_ROOT
+    from cxr_fhir.storage.db import session_scope
+
+    weights = tmp_path / "weights"
+    shutil.copytree(PROJECT_ROOT / "weights", weights)
+    blob = next(weights.glob("classifier-*.pt"))
+    blob.write_bytes(blob.read_bytes()[:-100] + b"\0" * 100)  # a damaged copy, same size
+    engine = make_engine(settings.effective_database_url)
+    migrate.upgrade(engine, settings.migrations_dir)
+    with session_scope(engine) as s:
+        token = create_client(s, "c", ["system/*.*"], created_by="t")[1]
+    settings.load_models, settings.weights_dir = True, weights
+    with TestClient(app=create_app(settings)) as client:
+        r = client.get("/ready")
+        assert r.status_code == 503 and "corrupt" in r.json()["checks"]["models"]
+        r = client.post("/fhir/ImagingStudy/$analyze?subject=Patient/x", content=b"x",
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+        assert r.status_code == 503 and "corrupt" in r.json()["issue"][0]["diagnostics"]

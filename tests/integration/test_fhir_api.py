@@ -293,7 +293,9 @@ def test_tokens_scopes_and_audit(api, engine):
           "entry": [{"resource": _patient("Sneaky"), "request": {"method": "POST", "url": "Patient"}}]}
     assert api("POST", "/fhir", tx, token=reader).status_code == 403
 
-    events = api("GET", "/fhir/AuditEvent?action=C,E&_count=50").json()
+    assert api("GET", "/fhir/AuditEvent").status_code == 403  # system/*.* does not open the audit trail
+    auditor = _token(engine, "auditor", ["system/AuditEvent.read"])
+    events = api("GET", "/fhir/AuditEvent?action=C,E&_count=50", token=auditor).json()
     subtypes = {e["resource"]["subtype"][0]["code"] for e in events["entry"]}
     assert {"create", "search-type"} <= subtypes
     with Session(engine) as s:
@@ -309,7 +311,11 @@ def test_tokens_scopes_and_audit(api, engine):
         assert {"create", "search-type"} <= {e.subtype for e in per_entry}
     r = api("GET", "/fhir/Patient")
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
-    assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}).status_code == 404
+    assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}).status_code == 403
+    everything = _token(engine, "audit-writer", ["system/AuditEvent.*"])
+    assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}, token=everything).status_code == 404
+    assert api("DELETE", f"/fhir/AuditEvent/{events['entry'][0]['resource']['id']}", token=everything
+               ).status_code == 404  # never editable, whatever the scope
 
 
 def test_negotiation_and_errors_are_operation_outcomes(api):

@@ -77,7 +77,8 @@ def _resource(rtype: str) -> dict[str, Any]:
 def capability_statement(base: str, software_version: str, published: str) -> dict[str, Any]:
     resources = [_resource(rtype) for rtype in PROVIDERS]
     resources.append({"type": "AuditEvent", "documentation": "Every access to patient data; read-only, for "
-                      "clients holding system/AuditEvent.read (administrators).",
+                      "clients holding system/AuditEvent.read by name (administrators; wildcards do not "
+                      "open it).",
                       "interaction": [{"code": "read"}, {"code": "search-type"}],
                       "searchParam": [
                           {"name": "date", "type": "date",

@@ -151,7 +151,16 @@ def _client(request: Request) -> ApiClient:
     return client
 
 
+# The audit trail is for administrators: only a scope that names it opens it, never a wildcard.
+EXPLICIT_ONLY = {"AuditEvent"}
+
+
 def require(client: ApiClient, resource_type: str, access: str) -> None:
+    if resource_type in EXPLICIT_ONLY:
+        if f"system/{resource_type}.{access}" not in client.scopes and f"system/{resource_type}.*" not in client.scopes:
+            raise errors.FhirError(403, f"{resource_type} needs a scope that names it (system/{resource_type}."
+                                        f"{access}); wildcards do not open it", "forbidden")
+        return
     if not allows(client.scopes, resource_type, access):
         raise errors.FhirError(403, f"the token's scopes do not allow {access} on {resource_type} "
                                     f"(needs system/{resource_type}.{access})", "forbidden")
