@@ -28,9 +28,17 @@ def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from .storage import migrate
     from .storage.db import make_engine
 
+    from .fhir.projection import backfill
+    from .storage.db import session_scope
+
     engine = make_engine(settings.effective_database_url)
     before, after = migrate.upgrade(engine, settings.migrations_dir)
     print(f"schema at {after}" + (" (unchanged)" if before == after else f" (was {before or 'empty'})"))
+    # Rows stored before the FHIR store existed become visible to the FHIR API.
+    with session_scope(engine) as s:
+        counts = backfill(s)
+    if any(counts.values()):
+        print("projected into the FHIR store: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     return 0
 
 

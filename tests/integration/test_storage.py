@@ -123,3 +123,22 @@ def test_a_stale_copy_in_the_session_cannot_win(engine):
             PatientRepository(other).update(pid, {"given": "Other"}, actor="b")
         with pytest.raises(VersionConflict):
             PatientRepository(a_session).update(pid, {"given": "Mine"}, actor="a", expected_version=1)
+
+
+def test_rows_from_before_the_fhir_store_are_projected_once(engine):
+    """Data stored before migration 0003 (rows without FHIR resources) become visible to the API."""
+    from cxr_fhir.fhir import projection, store
+    from cxr_fhir.storage.repositories import StudyRepository
+    from cxr_fhir.storage.tables import FhirResource, Study
+
+    with session_scope(engine) as s:
+        p = PatientRepository(s).create(_patient(), actor="old")
+        st = StudyRepository(s).create(Study(patient_id=p.id, content_sha256="d" * 64, media_type="image/png",
+                                             size_bytes=1, status="failed"), actor="old")
+    with session_scope(engine) as s:
+        assert projection.backfill(s) == {"Patient": 1, "ImagingStudy": 1, "DiagnosticReport": 0}
+    with session_scope(engine) as s:
+        assert projection.backfill(s) == {"Patient": 0, "ImagingStudy": 0, "DiagnosticReport": 0}
+        assert store.read(s, "Patient", p.id).content["name"][0]["family"] == p.family
+        assert store.read(s, "ImagingStudy", st.id).version_id == st.version_id
+        assert s.get(FhirResource, ("Media", st.id)) is not None

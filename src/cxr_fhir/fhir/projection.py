@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import and_, exists, select
 from sqlmodel import Session
 
-from ..storage.tables import Analysis, Patient, Report, Study
+from ..storage.tables import Analysis, FhirResource, Patient, Report, Study
 from . import mapping, store
 
 _PATIENT_OWNED = ("identifier", "name", "gender", "birthDate", "active")
@@ -78,3 +79,26 @@ def report(s: Session, row: Report) -> None:
 
 def deleted(s: Session, resource_type: str, resource_id: str, version: int, when) -> None:
     store.mark_deleted(s, resource_type, resource_id, version=version, when=when)
+
+
+def backfill(s: Session) -> dict[str, int]:
+    """Project the rows that have no FHIR resource yet (data stored before the FHIR store
+    existed); rows already projected are left alone, so running it again changes nothing."""
+    def missing(model, resource_type: str):
+        return s.execute(select(model).where(~exists(select(FhirResource.id).where(and_(
+            FhirResource.resource_type == resource_type, FhirResource.id == model.id))))).scalars().all()
+
+    counts = {"Patient": 0, "ImagingStudy": 0, "DiagnosticReport": 0}
+    for row in missing(Patient, "Patient"):
+        patient(s, row)
+        if row.deleted_at is not None:
+            store.mark_deleted(s, "Patient", row.id)
+        counts["Patient"] += 1
+    for row in missing(Study, "ImagingStudy"):
+        if row.deleted_at is None:
+            study(s, row)
+        counts["ImagingStudy"] += 1
+    for row in missing(Report, "DiagnosticReport"):
+        report(s, row)
+        counts["DiagnosticReport"] += 1
+    return counts
