@@ -127,7 +127,10 @@ def test_analyze_raw_png_and_serve_every_ai_resource(env):
 
     with session_scope(client.app.state.services.engine) as s:
         auditor = create_client(s, "auditor", ["system/AuditEvent.read"], created_by="test")[1]
-    emitted = [dr, *obs, study, device, media, prov, reports, studies, bundle,
+    binary = client.get(f"/fhir/{overlay}", headers=auth).json()  # JSON when image bytes are not asked for
+    assert binary["resourceType"] == "Binary" and binary["contentType"] == "image/png"
+    emitted = [dr, *obs, study, device, media, prov, reports, studies, bundle, binary,
+               client.get(f"/fhir/ImagingStudy/{study['id']}/_history", headers=auth).json(),
                client.get("/fhir/AuditEvent?_count=5", headers={**auth, "Authorization": f"Bearer {auditor}"}).json()]
     problems = [(body["resourceType"], r["issues"]) for body, r in zip(emitted, validate(emitted)) if r["issues"]]
     assert not problems
