@@ -93,7 +93,9 @@ def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) ->
     return row.id
 
 
-def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) -> dict[str, Any]:
+def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
+        ) -> tuple[dict[str, Any], dict[str, float]]:
+    """(the collection Bundle, the analysis' stage timings in ms) or a FhirError."""
     if services.models is None:
         raise errors.FhirError(503, services.model_error or "the models are not loaded", "transient",
                                headers={"Retry-After": "30"})
@@ -118,5 +120,12 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) 
         report = store.read(s, "DiagnosticReport", uploaded.report.id)
         keys = [r["reference"] for r in report.content.get("result", [])]
         rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]}
+    return ({"resourceType": "Bundle", "type": "collection",
+             "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]},
+            dict(uploaded.analysis.timings_ms if uploaded.analysis else {}))
+
+
+def server_timing(stages_ms: dict[str, float], handler_ms: float) -> str:
+    """The Server-Timing header: the model stages, and the whole handler (queue wait and storage included)."""
+    parts = [f"{k.removesuffix('_ms')};dur={v:.1f}" for k, v in stages_ms.items() if k.endswith("_ms")]
+    return ", ".join([*parts, f"handler;dur={handler_ms:.1f}"])

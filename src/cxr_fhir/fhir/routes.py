@@ -7,6 +7,7 @@ and hand over to interactions / search / transactions / analyze on one database 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -362,8 +363,10 @@ def _analyze_operation(request: Request, data: bytes) -> Response:
                                    "too-costly")
         if not subject:
             require(client, "Patient", "write")  # the patient may be registered from the DICOM header
-        bundle = analyze.run(services, image, subject, _actor(client).name, base_url(request))
-        return respond(request, bundle, 200)
+        start = time.perf_counter()
+        bundle, stages_ms = analyze.run(services, image, subject, _actor(client).name, base_url(request))
+        return respond(request, bundle, 200, {"Server-Timing": analyze.server_timing(
+            stages_ms, (time.perf_counter() - start) * 1000)})
 
     return _guarded(request, "operation", "ImagingStudy", None, None, work)
 
