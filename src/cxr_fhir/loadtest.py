@@ -123,6 +123,7 @@ class Upload:
     status: int | None = None  # the final HTTP status (200 = accepted); None = no answer
     error: str | None = None
     retries_503: int = 0
+    reasons_503: list[str] = field(default_factory=list)  # the server's diagnostics, one per 503
     latency_ms: float | None = None  # first send to final answer, 503 waits included
     request_ms: float | None = None  # the final request alone
     study_id: str | None = None
@@ -204,6 +205,7 @@ class LoadTest:
             up.status = r.status_code
             if r.status_code == 503 and up.retries_503 < self.cfg.max_retries:
                 up.retries_503 += 1
+                up.reasons_503.append(_reason_503(r))
                 time.sleep(_retry_after(r))
                 continue
             up.request_ms = (time.perf_counter() - start) * 1000
@@ -391,6 +393,7 @@ class LoadTest:
             "attempted": len(uploads), "succeeded": len(succeeded),
             "retries_503": sum(u.retries_503 for u in uploads),
             "uploads_retried": sum(1 for u in uploads if u.retries_503),
+            "retries_503_by_reason": dict(Counter(x for u in uploads for x in u.reasons_503)),
             "errors": len(errors),
             "errors_by_status": dict(Counter(str(u.status) if u.status else "transport" for u in errors)),
             "error_examples": [f"upload {u.seq}: {u.error}" for u in errors[:10]],
@@ -406,6 +409,12 @@ class LoadTest:
         figures["ok"] = not any(figures[k] for k in ("errors", "lost", "duplicated", "orphaned", "foreign",
                                                      "corrupted", "incomplete", "count_mismatch_patients"))
         return figures
+
+
+def _reason_503(r: httpx.Response) -> str:
+    """The kind of 503: the queue was full, or something else (named by its diagnostics)."""
+    text = _diagnostics(r)
+    return "queue full" if "queue is full" in text else text[:80]
 
 
 def _retry_after(r: httpx.Response) -> float:
@@ -426,7 +435,8 @@ def summary(fig: dict[str, Any]) -> str:
     lat, req = fig["latency_ms"] or {}, fig["accepted_request_ms"] or {}
     lines = [
         f"uploads: {fig['attempted']} attempted, {fig['succeeded']} succeeded, {fig['errors']} errors "
-        f"{fig['errors_by_status'] or ''}, {fig['retries_503']} retries after 503 ({fig['uploads_retried']} uploads)",
+        f"{fig['errors_by_status'] or ''}, {fig['retries_503']} retries after 503 ({fig['uploads_retried']} uploads; "
+        f"{fig['retries_503_by_reason'] or 'none'})",
         f"verified: {fig['studies_found']} studies found; lost {fig['lost']}, duplicated {fig['duplicated']}, "
         f"orphaned {fig['orphaned']}, foreign {fig['foreign']}, corrupted {fig['corrupted']}, "
         f"incomplete {fig['incomplete']}, patients with a count mismatch {fig['count_mismatch_patients']}; "

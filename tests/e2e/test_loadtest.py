@@ -84,7 +84,7 @@ def test_saturated_server_loses_duplicates_and_corrupts_nothing(server, shared_d
     for key in ("lost", "duplicated", "orphaned", "foreign", "corrupted", "incomplete", "count_mismatch_patients"):
         assert fig[key] == 0, (key, fig["problems"])
     # the queue (capacity 3) was really full: clients were told 503 and came back
-    assert fig["retries_503"] >= 1 and fig["uploads_retried"] >= 1
+    assert fig["retries_503_by_reason"].get("queue full", 0) >= 1 and fig["uploads_retried"] >= 1
     assert fig["wall_s"] > 0 and fig["throughput_per_s"] > 0
     for key in ("p50", "p90", "p99", "max"):
         assert fig["latency_ms"][key] > 0 and fig["accepted_request_ms"][key] > 0
