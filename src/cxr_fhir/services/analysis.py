@@ -68,7 +68,7 @@ class AnalysisService:
         """Studies left queued or analysing by a process that died: mark them failed, visibly.
         Only those older than any analysis could take, so another instance's work is untouched."""
         cutoff = utcnow() - older_than
-        with session_scope(engine) as s:
+        with session_scope(engine, write=True) as s:
             stuck = s.exec(select(Study).where(col(Study.status).in_(("queued", "analyzing")),
                                                col(Study.deleted_at).is_(None), Study.updated_at < cutoff)).all()
             for row in stuck:
@@ -86,7 +86,7 @@ class AnalysisService:
             overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
         except OSError:  # the overlays are part of the result: without them the study fails, visibly
             return Uploaded(self._mark_failed(study, "the image store cannot be written (overlays)"), None, None)
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             analysis = Analysis(study_id=study.id, model_name=result.model["name"],
                                 model_version=result.model["version"], manifest_sha256=result.model["manifest_sha256"],
                                 probabilities=result.probabilities, top3=result.top3, boxes=result.boxes,
@@ -110,7 +110,7 @@ class AnalysisService:
         """Best effort: a study deleted meanwhile, or a database that is down, keeps its last state
         (a start-up sweep is to mark studies left 'analyzing' as failed)."""
         try:
-            with session_scope(self.engine) as s:
+            with session_scope(self.engine, write=True) as s:
                 failed = StudyRepository(s).update(study.id, {"status": "failed", "failure_reason": reason},
                                                    actor="system")
                 projection.study(s, failed)
@@ -124,7 +124,7 @@ class AnalysisService:
         upload of the same bytes may already point at this one. A file whose row failed is garbage,
         harmless, and left to a sweep; a row without its file cannot happen."""
         md = image.metadata
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
             try:
                 digest = self.images.put(data)

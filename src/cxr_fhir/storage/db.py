@@ -11,6 +11,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
 
+WRITE_OPTION = "cxr_sqlite_begin_immediate"
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -20,7 +23,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite only opens a transaction before DML and commits DDL on its own: take over, so a
         # unit of work (and a migration) is one real transaction. SQLAlchemy's documented recipe.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # A unit of work that reads before it writes asks for the write lock up front (IMMEDIATE):
+        # a deferred one would be refused at once ("database is locked", no busy wait) whenever
+        # another connection committed between its first read and its first write.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -37,9 +44,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+def session_scope(engine: Engine, write: bool = False) -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on any error. ``write``: it reads, then
+    writes; on SQLite it then holds the write lock from its start (PostgreSQL is unaffected)."""
+    bind = engine.execution_options(**{WRITE_OPTION: True}) if write else engine
+    with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
