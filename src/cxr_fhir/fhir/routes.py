@@ -442,6 +442,10 @@ def fhir_error_response(request: Request, exc: Exception) -> Response:
         return respond(request, errors.FhirError(status, str(exc.detail), code.get(status, "invalid")).outcome(),
                        status)
     if isinstance(exc, OperationalError):
+        import logging
+        # The driver's message only ("database is locked", "connection refused"), never the statement.
+        logging.getLogger("cxr_fhir.fhir").warning("database error answered 503", extra={
+            "path": request.url.path, "error": str(getattr(exc, "orig", exc)).splitlines()[0][:200]})
         return respond(request, errors.FhirError(503, "the database is unavailable; try again shortly",
                                                  "transient").outcome(), 503, {"Retry-After": "5"})
     import logging
