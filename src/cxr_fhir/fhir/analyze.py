@@ -7,6 +7,8 @@ import binascii
 from datetime import date
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from ..imaging import ImageRejected, load
 from ..imaging.loader import sniff
 from ..services.queue import Saturated
@@ -116,10 +118,17 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
     if uploaded.report is None:
         raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} was stored but its analysis failed: "
                                     f"{uploaded.study.failure_reason}", "exception")
-    with session_scope(services.engine) as s:
-        report = store.read(s, "DiagnosticReport", uploaded.report.id)
-        keys = [r["reference"] for r in report.content.get("result", [])]
-        rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
+    try:
+        with session_scope(services.engine) as s:
+            report = store.read(s, "DiagnosticReport", uploaded.report.id)
+            keys = [r["reference"] for r in report.content.get("result", [])]
+            rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
+    except OperationalError as exc:
+        # The study and its report are committed: the generic database answer (503 + Retry-After)
+        # would have the client upload again and make a second study. Say what exists instead.
+        raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} and DiagnosticReport/{uploaded.report.id} "
+                                    "were stored, but reading them back failed; read them rather than uploading "
+                                    "again", "exception") from exc
     return ({"resourceType": "Bundle", "type": "collection",
              "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]},
             dict(uploaded.analysis.timings_ms if uploaded.analysis else {}))
