@@ -302,6 +302,30 @@ def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from .loadtest import Config, LoadTest, LoadTestError, summary, write_json
+
+    token = args.token or os.environ.get("CXR_LOADTEST_TOKEN")
+    if not token:
+        print("error: give --token or set CXR_LOADTEST_TOKEN (cxr-fhir clients create NAME --scope 'system/*.*')",
+              file=sys.stderr)
+        return 2
+    try:
+        test = LoadTest(Config(url=args.url, token=token, images=args.images, uploads=args.uploads,
+                               clients=args.clients, patients=args.patients, timeout_s=args.timeout,
+                               max_retries=args.max_retries), log=lambda m: print(m, flush=True))
+        figures = test.run()
+    except LoadTestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(figures, args.json)
+    print(summary(figures), flush=True)
+    return 0 if figures["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-fhir", description="AI chest X-ray assistant that speaks FHIR R4")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--threads", type=int, default=2)
     bench.set_defaults(func=_cmd_bench)
+
+    lt = sub.add_parser("loadtest", help="concurrent $analyze uploads against a running server, then verify "
+                                         "through the FHIR API that none was lost, duplicated or corrupted")
+    lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (its /fhir is used)")
+    lt.add_argument("--token", help="bearer token with system/*.* (default: env CXR_LOADTEST_TOKEN)")
+    lt.add_argument("--images", nargs="+", required=True, metavar="DIR_OR_FILE", help="PNG/JPEG files or folders")
+    lt.add_argument("--uploads", type=int, default=500, help="uploads in total")
+    lt.add_argument("--clients", type=int, default=8, help="concurrent clients (threads, one connection each)")
+    lt.add_argument("--patients", type=int, default=20, help="patients registered for the run")
+    lt.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    lt.add_argument("--max-retries", type=int, default=200, help="503 retries per upload before it is an error")
+    lt.add_argument("--json", metavar="OUT", help="write the figures here")
+    lt.set_defaults(func=_cmd_loadtest)
 
     ev = sub.add_parser("evaluate", help="measure the registered models on labelled data")
     ev.add_argument("--nih", nargs="*", default=[], help="NIH-layout image folders")

@@ -265,3 +265,30 @@ def test_full_queue_and_unwritable_image_store_are_503_and_store_nothing(env, tm
     assert client.get(f"/fhir/ImagingStudy?patient={pid}", headers=_h(token)).json()["total"] == 0
     ok = client.post(url, content=images[0].read_bytes(), headers=_h(token, "image/png"))
     assert ok.status_code == 200  # and the service goes on once the fault is gone
+
+
+def test_database_failing_after_the_study_is_stored_is_not_a_503_to_retry(env, monkeypatch):
+    """A 503 tells a client to send the image again: only right while nothing was stored. A database
+    error after the study and report are committed must say so instead (no second study on retry)."""
+    from sqlalchemy.exc import OperationalError
+
+    from cxr_fhir.fhir import analyze, store
+
+    client, token, images = env
+    pid = _patient(client, token, "AN-7")
+    real_read = store.read
+
+    def failing_read(s, rtype, rid, *args, **kwargs):
+        if rtype == "DiagnosticReport":
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return real_read(s, rtype, rid, *args, **kwargs)
+
+    monkeypatch.setattr(analyze.store, "read", failing_read)
+    r = client.post(f"/fhir/ImagingStudy/$analyze?subject=Patient/{pid}", content=images[1].read_bytes(),
+                    headers=_h(token, "image/png"))
+    monkeypatch.undo()
+    assert r.status_code == 500 and "retry-after" not in r.headers, (r.status_code, r.text)
+    listing = client.get(f"/fhir/ImagingStudy?patient={pid}", headers=_h(token)).json()
+    assert listing["total"] == 1
+    study_id = listing["entry"][0]["resource"]["id"]
+    assert f"ImagingStudy/{study_id} and DiagnosticReport/" in r.text and "rather than uploading again" in r.text

@@ -7,6 +7,8 @@ import binascii
 from datetime import date
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from ..imaging import ImageRejected, load
 from ..imaging.loader import sniff
 from ..services.queue import Saturated
@@ -93,7 +95,9 @@ def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) ->
     return row.id
 
 
-def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) -> dict[str, Any]:
+def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
+        ) -> tuple[dict[str, Any], dict[str, float]]:
+    """(the collection Bundle, the analysis' stage timings in ms) or a FhirError."""
     if services.models is None:
         raise errors.FhirError(503, services.model_error or "the models are not loaded", "transient",
                                headers={"Retry-After": "30"})
@@ -114,9 +118,23 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str) 
     if uploaded.report is None:
         raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} was stored but its analysis failed: "
                                     f"{uploaded.study.failure_reason}", "exception")
-    with session_scope(services.engine) as s:
-        report = store.read(s, "DiagnosticReport", uploaded.report.id)
-        keys = [r["reference"] for r in report.content.get("result", [])]
-        rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]}
+    try:
+        with session_scope(services.engine) as s:
+            report = store.read(s, "DiagnosticReport", uploaded.report.id)
+            keys = [r["reference"] for r in report.content.get("result", [])]
+            rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]
+    except OperationalError as exc:
+        # The study and its report are committed: the generic database answer (503 + Retry-After)
+        # would have the client upload again and make a second study. Say what exists instead.
+        raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} and DiagnosticReport/{uploaded.report.id} "
+                                    "were stored, but reading them back failed; read them rather than uploading "
+                                    "again", "exception") from exc
+    return ({"resourceType": "Bundle", "type": "collection",
+             "entry": [{"fullUrl": f"{base}/{r.resource_type}/{r.id}", "resource": r.content} for r in rows]},
+            dict(uploaded.analysis.timings_ms if uploaded.analysis else {}))
+
+
+def server_timing(stages_ms: dict[str, float], handler_ms: float) -> str:
+    """The Server-Timing header: the model stages, and the whole handler (queue wait and storage included)."""
+    parts = [f"{k.removesuffix('_ms')};dur={v:.1f}" for k, v in stages_ms.items() if k.endswith("_ms")]
+    return ", ".join([*parts, f"handler;dur={handler_ms:.1f}"])

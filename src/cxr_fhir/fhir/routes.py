@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -394,8 +395,10 @@ def _analyze_operation(request: Request, data: bytes) -> Response:
                                    "too-costly")
         if not subject:
             require(client, "Patient", "write")  # the patient may be registered from the DICOM header
-        bundle = analyze.run(services, image, subject, _actor(client).name, base_url(request))
-        return respond(request, bundle, 200)
+        start = time.perf_counter()
+        bundle, stages_ms = analyze.run(services, image, subject, _actor(client).name, base_url(request))
+        return respond(request, bundle, 200, {"Server-Timing": analyze.server_timing(
+            stages_ms, (time.perf_counter() - start) * 1000)})
 
     return _guarded(request, "operation", "ImagingStudy", None, None, work)
 
@@ -467,6 +470,10 @@ def fhir_error_response(request: Request, exc: Exception) -> Response:
         return respond(request, errors.FhirError(status, str(exc.detail), code.get(status, "invalid")).outcome(),
                        status)
     if isinstance(exc, OperationalError):
+        import logging
+        # The driver's message only ("database is locked", "connection refused"), never the statement.
+        logging.getLogger("cxr_fhir.fhir").warning("database error answered 503", extra={
+            "path": request.url.path, "error": str(getattr(exc, "orig", exc)).splitlines()[0][:200]})
         return respond(request, errors.FhirError(503, "the database is unavailable; try again shortly",
                                                  "transient").outcome(), 503, {"Retry-After": "5"})
     log.exception("unhandled error", extra={"path": request.url.path})
