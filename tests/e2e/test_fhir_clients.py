@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,49 +14,20 @@ import pytest
 import yaml
 
 from cxr_fhir.settings import PROJECT_ROOT
+from support.server import environment, migrate_and_token, serving
 
-CLI = str(Path(sys.executable).parent / "cxr-fhir")
 SEKMET = Path(os.environ.get("CXR_SEKMET_BIN", PROJECT_ROOT / ".venv-sekmet" / "bin" / "sekmet"))
 MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """(FHIR base URL, bearer token) of a freshly started server on SQLite with the models loaded."""
     root = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "CXR_RUNTIME_DIR": str(root / "var"), "CXR_LOAD_MODELS": "true"}
-    env.pop("CXR_DATABASE_URL", None)
-    assert subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, timeout=120).returncode == 0
-    made = subprocess.run([CLI, "clients", "create", "e2e", "--scope", "system/*.*"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    token = made.stdout.strip().rsplit(" ", 1)[-1]
-    assert token.startswith("cxr_"), made.stdout + made.stderr
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    env = environment(root / "var")
+    token = migrate_and_token(env)
+    with serving(env, root / "server.log") as base:
         yield f"{base}/fhir", token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _patient_body(family: str, mrn: str) -> dict:

@@ -6,63 +6,27 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cxr_fhir.settings import PROJECT_ROOT
+from support.server import CLI, environment, migrate_and_token, serving
 
-CLI = str(Path(sys.executable).parent / "cxr-fhir")
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def server(request, tmp_path) -> Iterator[tuple[str, str, Path]]:
     """(base URL, bearer token, server log) of `cxr-fhir serve` with CXR_MAX_QUEUED_ANALYSES=2."""
-    env = {**os.environ, "CXR_RUNTIME_DIR": str(tmp_path / "var"), "CXR_LOAD_MODELS": "true",
-           "CXR_MAX_QUEUED_ANALYSES": "2"}
-    env.pop("CXR_DATABASE_URL", None)
-    if request.param == "postgresql":
-        env["CXR_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    assert subprocess.run([CLI, "db", "upgrade"], env=env, capture_output=True, timeout=120).returncode == 0
-    made = subprocess.run([CLI, "clients", "create", "load", "--scope", "system/*.*"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    token = made.stdout.strip().rsplit(" ", 1)[-1]
-    assert token.startswith("cxr_"), made.stdout + made.stderr
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield base, token, log_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    env = environment(tmp_path / "var", url, CXR_MAX_QUEUED_ANALYSES="2")
+    token = migrate_and_token(env, "load")
+    with serving(env, tmp_path / "server.log") as base:
+        yield base, token, tmp_path / "server.log"
 
 
 def test_saturated_server_loses_duplicates_and_corrupts_nothing(server, shared_data, tmp_path, request):

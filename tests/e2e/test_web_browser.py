@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cxr_fhir.settings import PROJECT_ROOT
+from support.server import cli, environment, serving
 
-CLI = [str(Path(sys.executable).parent / "cxr-fhir")]
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 SHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 PASSWORD = "a-long-enough-secret"
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +27,12 @@ def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (make test installs the Debian package 'chromium')")
     tmp = tmp_path_factory.mktemp("web-e2e")
-    env = {**os.environ, "CXR_RUNTIME_DIR": str(tmp / "var"), "CXR_DATABASE_URL": f"sqlite:///{tmp / 'web.db'}",
-           "CXR_LOAD_MODELS": "true"}
-    assert subprocess.run(CLI + ["db", "upgrade"], env=env, capture_output=True, timeout=120).returncode == 0
-    made = subprocess.run(CLI + ["users", "create", "dr.house", "--role", "doctor", "--password-stdin"], env=env,
-                          input=PASSWORD + "\n", capture_output=True, text=True, timeout=120)
+    env = environment(tmp / "var", f"sqlite:///{tmp / 'web.db'}")
+    assert cli(env, "db", "upgrade").returncode == 0
+    made = cli(env, "users", "create", "dr.house", "--role", "doctor", "--password-stdin", stdin=PASSWORD + "\n")
     assert made.returncode == 0, made.stderr
-    port = _free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240  # loading and warming the models takes a while on 2 cores
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server not ready: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(env, tmp / "server.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,9 @@ def _audit(request: Request, client: ApiClient | None, interaction: str, resourc
                          source_ip=request.client.host if request.client else None,
                          query=query, detail=detail)
     except OperationalError:
-        pass  # the database is down: the request itself has already failed for the same reason
+        # The database is down: the request has failed for the same reason; say so in the log.
+        log.error("audit event not recorded: database unavailable",
+                  extra={"interaction": interaction, "status": status})
 
 
 def _guarded(request: Request, interaction: str, resource_type: str | None, resource_id: str | None,
