@@ -456,3 +456,26 @@ def test_content_is_sniffed_not_the_extension_or_content_type(loaded):
     after_files = set(loaded["state"]()["images"])
     assert after_files >= before_files and all(re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}", f)
                                                for f in after_files)
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient/" + "a" * 65, "/fhir/" + "P" * 40, "/fhir/" + "P" * 40 + "/1",
+                                  "/fhir/Patient/x/_history/99999999999999999999", "/fhir/Patient/x/_history/2147483648",
+                                  "/fhir/Patient?_offset=99999999999999999999", "/fhir/Patient?_count=1e3",
+                                  "/fhir/Patient/_history?_offset=99999999999999999999",
+                                  "/fhir/AuditEvent/%00", "/fhir/AuditEvent?action=%00", "/fhir/Patient/%1b/_history"])
+def test_out_of_range_ids_and_numbers_are_4xx(fhir, path):
+    api, state = fhir
+    before = state()
+    is_outcome(api("GET", path), (400, 404))
+    assert state() == before
+
+
+def test_refused_requests_are_still_audited(fhir, engine):
+    api, _ = fhir
+    is_outcome(api("GET", "/fhir/Patient/%00"), 404)
+    is_outcome(api("GET", "/fhir/" + "P" * 40), 404)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT entity_id, entity_type, outcome FROM audit_event "
+                                 "WHERE outcome = '4' ORDER BY recorded")).all()
+    assert ("\\x00", "Patient", "4") in [tuple(r) for r in rows]
+    assert any(r[1] and r[1].startswith("PPP") and len(r[1]) <= 32 for r in rows)
