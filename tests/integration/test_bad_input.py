@@ -375,8 +375,8 @@ BAD_IMAGES = {
     "bomb": (png_header(30000, 30000), "image/png", "too large"),
     "text-named-png": (b"this is not an image at all" * 20, "image/png", "not a PNG, JPEG or DICOM"),
     "html-named-png": (b"<html><script>alert(1)</script></html>", "image/png", "not a PNG, JPEG or DICOM"),
-    "truncated-dicom": (None, "application/dicom", "could not be decoded"),
-    "dicom-preamble-only": (b"\x00" * 128 + b"DICM" + b"\x02\x00" * 40, "application/dicom", "could not be decoded"),
+    "truncated-dicom": (None, "application/dicom", "pixel data is truncated or malformed"),
+    "dicom-preamble-only": (b"\x00" * 128 + b"DICM" + b"\x02\x00" * 40, "application/dicom", "holds no image"),
     "empty": (b"", "image/png", "empty"),
 }
 
@@ -479,3 +479,14 @@ def test_refused_requests_are_still_audited(fhir, engine):
                                  "WHERE outcome = '4' ORDER BY recorded")).all()
     assert ("\\x00", "Patient", "4") in [tuple(r) for r in rows]
     assert any(r[1] and r[1].startswith("PPP") and len(r[1]) <= 32 for r in rows)
+
+
+@pytest.mark.parametrize("element", [{"birthDate": 0}, {"active": "true"}, {"gender": 1},
+                                     {"name": [{"family": 5}]}, {"multipleBirthBoolean": 1}])
+def test_values_of_the_wrong_json_type_are_400_not_coerced(fhir, element):
+    """Found by the hypothesis property: birthDate 0 was stored as 1970-01-01."""
+    api, state = fhir
+    before = state()
+    body = is_outcome(api("POST", "/fhir/Patient", {**_patient("Typed", "M-typed"), **element}), 400)
+    assert body["issue"][0]["expression"][0].startswith(f"Patient.{next(iter(element))}")
+    assert state() == before
