@@ -60,6 +60,12 @@ class StudyController(Controller):
     async def upload(self, request: Request, patient_id: str) -> Template:
         svc = services(request)
         limit = svc.settings.max_upload_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit * MAX_FILES + 2**20:
+            # More than ten files at the limit could carry: refused before the body is read.
+            return page(request, "partials/upload_results.html", status_code=413, patient_id=patient_id,
+                        colours=COLOURS, results=[{"filename": "", "error": f"The upload is too large: at most "
+                                                   f"{MAX_FILES} files of {limit // 2**20} MB each."}])
         form = await request.form()
         files = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
         results: list[dict[str, Any]] = []
@@ -73,7 +79,8 @@ class StudyController(Controller):
             name = (f.filename or "upload")[:255]
             data = await f.read()
             if len(data) > limit:
-                results.append({"filename": name, "error": f"the file is larger than {limit // 2**20} MB"})
+                results.append({"filename": name, "error": f"the file is larger than {limit // 2**20} MB",
+                                "code": "too-large-upload"})
                 continue
             try:
                 up = await anyio.to_thread.run_sync(analysis.upload, patient_id, data, name, user(request).username)
@@ -92,8 +99,9 @@ class StudyController(Controller):
             results.append({"filename": "", "error": f"Only the first {MAX_FILES} files were uploaded; "
                                                      "send the rest in another batch."})
         # The history below the upload box reloads itself on this event.
-        return page(request, "partials/upload_results.html", headers={"HX-Trigger": "history-changed"},
-                    results=results, patient_id=patient_id, colours=COLOURS)
+        return page(request, "partials/upload_results.html", status_code=_upload_status(svc, results),
+                    headers={"HX-Trigger": "history-changed"}, results=results, patient_id=patient_id,
+                    colours=COLOURS)
 
     @get("/studies/{study_id:str}", sync_to_thread=True)
     def result(self, request: Request, study_id: str) -> Template:
@@ -157,6 +165,16 @@ class StudyController(Controller):
         row = _row(request, study_id, include_deleted=False)
         StudyService(svc.engine, svc.settings.ehr_push_enabled).delete(row.study.id, user(request).username)
         return page(request, "partials/deleted.html", row=row)
+
+
+def _upload_status(svc: Any, results: list[dict[str, Any]]) -> int:
+    """200 when any file was analysed; otherwise why nothing was (the page shows each message)."""
+    if any(r.get("row") for r in results):
+        return 200
+    codes = {r.get("code") for r in results}
+    if svc.models is None or "busy" in codes:
+        return 503
+    return 413 if "too-large-upload" in codes else 422
 
 
 def _all_findings(row: StudyRow) -> list[dict[str, Any]]:
