@@ -102,7 +102,7 @@ def check_search(client, headers, resource_type: str, pairs: list[tuple[str, str
 def test_random_search_queries_never_5xx(api, resource_type):
     client, headers = api
 
-    @settings(max_examples=150, **FAST)
+    @settings(max_examples=400, **FAST)
     @given(st.lists(st.tuples(keys_for(resource_type), values), min_size=1, max_size=4))
     def prop(pairs):
         RAN[f"search-{resource_type}"] += 1
@@ -138,12 +138,23 @@ patients = st.fixed_dictionaries(
     })
 
 
+def clean(value):
+    """FHIR JSON has no empty arrays or objects: the server drops them, as the specification asks."""
+    if isinstance(value, dict):
+        value = {k: clean(v) for k, v in value.items()}
+        return {k: v for k, v in value.items() if v not in ([], {}, None)} or None
+    if isinstance(value, list):
+        value = [clean(v) for v in value]
+        return [v for v in value if v not in ([], {}, None)] or None
+    return value
+
+
 def test_random_patients_never_5xx_and_created_ones_read_back_as_sent(api):
     client, headers = api
     h = {**headers, "Content-Type": FHIR}
     outcomes: Counter[int] = Counter()
 
-    @settings(max_examples=200, **FAST)
+    @settings(max_examples=400, **FAST)
     @given(patients)
     def prop(body):
         RAN["patient-create"] += 1
@@ -160,7 +171,7 @@ def test_random_patients_never_5xx_and_created_ones_read_back_as_sent(api):
         for key, value in body.items():
             if key in ("id", "resourceType"):
                 continue
-            assert stored.get(key) == value, (key, value, stored.get(key))
+            assert stored.get(key) == clean(value), (key, value, stored.get(key))
 
     prop()
     assert outcomes[201] > 0 and sum(v for k, v in outcomes.items() if k >= 400) > 0, outcomes
@@ -180,29 +191,35 @@ def _tz(minutes: int | None) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 30)), st.none() | offsets,
        st.sampled_from(["year", "month", "day", "minute", "second", "micro"]))
 def test_date_range_is_a_nonempty_interval_containing_the_instant(moment, offset, precision):
     RAN["date-range"] += 1
-    text = {"year": f"{moment:%Y}", "month": f"{moment:%Y-%m}", "day": f"{moment:%Y-%m-%d}",
-            "minute": f"{moment:%Y-%m-%dT%H:%M}", "second": f"{moment:%Y-%m-%dT%H:%M:%S}",
-            "micro": f"{moment:%Y-%m-%dT%H:%M:%S.%f}"}[precision]
+    iso = moment.isoformat(timespec="microseconds")  # YYYY-MM-DDTHH:MM:SS.ffffff, year zero-padded
+    text = {"year": iso[:4], "month": iso[:7], "day": iso[:10], "minute": iso[:16], "second": iso[:19],
+            "micro": iso}[precision]
     if precision in ("minute", "second", "micro"):
         text += _tz(offset)
     lo, hi = date_range(text)
     assert lo < hi and lo.tzinfo is not None and hi.tzinfo is not None
+    truncated = datetime.fromisoformat(text[:26].ljust(10, "-").replace("--", "-01") if precision in
+                                       ("minute", "second", "micro") else iso[:10] if precision == "day" else
+                                       (iso[:7] + "-01" if precision == "month" else iso[:4] + "-01-01"))
+    instant = truncated.replace(tzinfo=UTC) - (timedelta(minutes=offset) if offset and precision in
+                                               ("minute", "second", "micro") else timedelta(0))
+    assert lo == instant, (text, lo, instant)  # the interval starts at the value itself
     instant = moment.replace(tzinfo=UTC) - (timedelta(minutes=offset) if offset and precision in
                                             ("minute", "second", "micro") else timedelta(0))
     assert lo <= instant < hi, (text, lo, instant, hi)
     # Coarser precision contains finer: the day holds the minute, the year holds the day.
     if precision not in ("year",):
-        ylo, yhi = date_range(f"{moment:%Y}")
+        ylo, yhi = date_range(iso[:4])
         if offset in (None, 0) or precision in ("month", "day"):
             assert ylo <= lo and hi <= yhi
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.text(max_size=30))
 def test_date_range_refuses_or_answers_an_interval_for_any_text(text):
     RAN["date-range-junk"] += 1
@@ -221,7 +238,7 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.text(st.sampled_from(list("ab\\,|$ %_é")) | st.characters(), max_size=8), min_size=1, max_size=5),
        st.sampled_from([",", "|", "$"]))
 def test_split_escaped_round_trips_escaped_parts(parts, sep):
@@ -230,3 +247,17 @@ def test_split_escaped_round_trips_escaped_parts(parts, sep):
     assert [_unescape(p) for p in split_escaped(joined, sep)] == parts
     # Without any separator in the text, it is one part whatever else it holds.
     assert split_escaped(escape(parts[0]), sep) == [escape(parts[0])]
+
+
+def test_last_updated_at_its_own_millisecond_finds_the_resource(api):
+    """Found by the date property above: '.207' was read as 206999 µs, so the exact meta.lastUpdated
+    of a resource did not find it."""
+    client, headers = api
+    found = client.get("/fhir/Patient", params={"_count": "50"}, headers=headers).json()["entry"]
+    for entry in found:
+        stamp = entry["resource"]["meta"]["lastUpdated"]
+        r = client.get("/fhir/Patient", params={"_lastUpdated": stamp, "_id": entry["resource"]["id"]},
+                       headers=headers)
+        assert r.status_code == 200 and r.json()["total"] == 1, (stamp, r.json())
+    lo, hi = date_range("2024-05-01T10:00:00.2Z")
+    assert (hi - lo) == timedelta(milliseconds=100) and lo.microsecond == 200_000
