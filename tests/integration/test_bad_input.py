@@ -490,3 +490,23 @@ def test_values_of_the_wrong_json_type_are_400_not_coerced(fhir, element):
     body = is_outcome(api("POST", "/fhir/Patient", {**_patient("Typed", "M-typed"), **element}), 400)
     assert body["issue"][0]["expression"][0].startswith(f"Patient.{next(iter(element))}")
     assert state() == before
+
+
+@pytest.mark.parametrize("body", [
+    {"resourceType": "Bundle", "type": "batch", "entry": 13115814387089569792},
+    {"resourceType": "Bundle", "type": "transaction", "entry": [{"request": 5}]},
+    {"resourceType": "Parameters", "parameter": 7},
+    {"resourceType": "Parameters", "parameter": [{"name": ["image"]}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "image", "resource": {
+        "resourceType": "Binary", "contentType": "image/png", "data": {"x": 1}}}]},
+    {"resourceType": "Parameters", "parameter": [
+        {"name": "subject", "valueReference": {"reference": 5}},
+        {"name": "image", "resource": {"resourceType": "Binary", "contentType": "image/png", "data": "iVBORw0KGgo="}}]},
+])
+def test_wrong_json_shapes_found_by_schemathesis_are_400(fhir, body):
+    """Found by tests/integration/test_schemathesis.py (each was a 500: TypeError/AttributeError)."""
+    api, state = fhir
+    before = state()
+    url = "/fhir" if body["resourceType"] == "Bundle" else "/fhir/ImagingStudy/$analyze"
+    is_outcome(api("POST", url, body), 400)
+    assert state() == before
