@@ -11,12 +11,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib.metadata import version as package_version
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from anyio import to_thread
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import Parameter
 from sqlalchemy.exc import OperationalError
 
 from ..imaging.loader import sniff
@@ -30,6 +32,50 @@ from .delivery import with_delivery_status
 from .interactions import Result
 from .providers import Actor
 
+# The published OpenAPI names the types served (as /fhir/metadata does), so that generated requests
+# (schemathesis) and client generators reach the handlers; any other type still gets its 404 here.
+ResourceType = Annotated[str, Parameter(description="a FHIR resource type served here (see /fhir/metadata)",
+                                        schema_extra={"enum": [*interactions.STORED_TYPES, "AuditEvent", "Binary",
+                                                               "OperationDefinition"]})]
+Rid = Annotated[str, Parameter(description="the logical id ([A-Za-z0-9-.]{1,64})")]
+
+
+def _object(required: list[str] | None = None, **properties: Schema) -> Schema:
+    return Schema(type=OpenAPIType.OBJECT, required=required, properties=properties or None)
+
+
+_TEXT, _BYTES = Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+_RESOURCE = _object(["resourceType"], resourceType=Schema(type=OpenAPIType.STRING, enum=list(interactions.STORED_TYPES)),
+                    id=_TEXT)
+_BUNDLE = _object(["resourceType", "type"], resourceType=Schema(type=OpenAPIType.STRING, const="Bundle"),
+                  type=Schema(type=OpenAPIType.STRING, enum=["batch", "transaction"]),
+                  entry=Schema(type=OpenAPIType.ARRAY, items=_object(
+                      ["request"], fullUrl=_TEXT, resource=_RESOURCE, request=_object(
+                          ["method", "url"], method=Schema(type=OpenAPIType.STRING, enum=["GET", "POST", "PUT", "DELETE"]),
+                          url=_TEXT, ifMatch=_TEXT, ifNoneExist=_TEXT))))
+_PARAMETERS = _object(["resourceType", "parameter"], resourceType=Schema(type=OpenAPIType.STRING, const="Parameters"),
+                      parameter=Schema(type=OpenAPIType.ARRAY, items=_object(
+                          ["name"], name=Schema(type=OpenAPIType.STRING, enum=["subject", "image"]),
+                          valueReference=_object(reference=_TEXT),
+                          resource=_object(["resourceType"], resourceType=Schema(type=OpenAPIType.STRING, const="Binary"),
+                                           contentType=Schema(type=OpenAPIType.STRING, enum=["image/png", "image/jpeg",
+                                                                                            "application/dicom"]),
+                                           data=Schema(type=OpenAPIType.STRING, content_encoding="base64")))))
+
+
+def _body_operation(**content: Schema) -> type[Operation]:
+    """The handlers read their bodies themselves (raw bytes: FHIR JSON, images); this puts what they
+    take into the published OpenAPI, which Litestar cannot infer from a handler without ``data``."""
+    @dataclass
+    class WithBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(required=True, content={
+                media: OpenAPIMediaType(schema=schema) for media, schema in content.items()})
+
+    return WithBody
+
+
+_RESOURCE_BODY = _body_operation(**{"application/fhir+json": _RESOURCE})
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -194,7 +240,7 @@ def metadata(request: Request) -> Response:
     return respond(request, capability_statement(base_url(request), package_version("cxr-fhir"), STARTED))
 
 
-@post("/")
+@post("/", operation_class=_body_operation(**{"application/fhir+json": _BUNDLE}))
 async def batch_or_transaction(request: Request) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_batch_or_transaction, request, data)
@@ -203,8 +249,10 @@ async def batch_or_transaction(request: Request) -> Response:
 def _batch_or_transaction(request: Request, data: bytes) -> Response:
     def work(client: ApiClient) -> Response:
         bundle = _json_body(request, data)
-        for entry in (bundle.get("entry") or []) if isinstance(bundle, dict) else []:
-            req = entry.get("request", {}) if isinstance(entry, dict) else {}
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
+        for entry in entries if isinstance(entries, list) else []:  # the shape is checked in transactions
+            req = entry.get("request") if isinstance(entry, dict) else None
+            req = req if isinstance(req, dict) else {}
             rtype = str(req.get("url", "")).split("?")[0].split("/")[0]
             if rtype:
                 require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
@@ -217,7 +265,7 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
 
 
 @get("/{resource_type:str}", sync_to_thread=True)
-def search_type(request: Request, resource_type: FromPath[str]) -> Response:
+def search_type(request: Request, resource_type: ResourceType) -> Response:
     pairs = list(request.query_params.multi_items())
 
     def work(client: ApiClient) -> Response:
@@ -231,8 +279,8 @@ def search_type(request: Request, resource_type: FromPath[str]) -> Response:
     return _guarded(request, "search-type", resource_type, None, "read", work)
 
 
-@post("/{resource_type:str}")
-async def create(request: Request, resource_type: FromPath[str]) -> Response:
+@post("/{resource_type:str}", operation_class=_RESOURCE_BODY)
+async def create(request: Request, resource_type: ResourceType) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_create, request, resource_type, data)
 
@@ -248,8 +296,8 @@ def _create(request: Request, resource_type: str, data: bytes) -> Response:
     return _guarded(request, "create", resource_type, None, "write", work)
 
 
-@put("/{resource_type:str}")
-async def conditional_update(request: Request, resource_type: FromPath[str]) -> Response:
+@put("/{resource_type:str}", operation_class=_RESOURCE_BODY)
+async def conditional_update(request: Request, resource_type: ResourceType) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_conditional_update, request, resource_type, data)
 
@@ -266,13 +314,13 @@ def _conditional_update(request: Request, resource_type: str, data: bytes) -> Re
 
 
 @get("/{resource_type:str}/_history", sync_to_thread=True)
-def history_type(request: Request, resource_type: FromPath[str]) -> Response:
+def history_type(request: Request, resource_type: ResourceType) -> Response:
     return _guarded(request, "history-type", resource_type, None, "read",
                     lambda client: _history(request, resource_type, None))
 
 
 @get("/{resource_type:str}/{rid:str}", sync_to_thread=True)
-def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def read(request: Request, resource_type: ResourceType, rid: Rid) -> Response:
     if resource_type == "Binary":
         return _guarded(request, "read", "Binary", rid, "read", lambda client: _binary(request, rid))
 
@@ -292,8 +340,8 @@ def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> 
     return _guarded(request, "read", resource_type, rid, access, work)
 
 
-@put("/{resource_type:str}/{rid:str}")
-async def update(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+@put("/{resource_type:str}/{rid:str}", operation_class=_RESOURCE_BODY)
+async def update(request: Request, resource_type: ResourceType, rid: Rid) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_update, request, resource_type, rid, data)
 
@@ -310,7 +358,7 @@ def _update(request: Request, resource_type: str, rid: str, data: bytes) -> Resp
 
 
 @delete("/{resource_type:str}/{rid:str}", sync_to_thread=True, status_code=200)
-def delete_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def delete_instance(request: Request, resource_type: ResourceType, rid: Rid) -> Response:
     def work(client: ApiClient) -> Response:
         with session_scope(_services(request).engine) as s:
             result = interactions.delete(s, _services(request), resource_type, rid, _actor(client),
@@ -322,13 +370,13 @@ def delete_instance(request: Request, resource_type: FromPath[str], rid: FromPat
 
 
 @get("/{resource_type:str}/{rid:str}/_history", sync_to_thread=True)
-def history_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def history_instance(request: Request, resource_type: ResourceType, rid: Rid) -> Response:
     return _guarded(request, "history-instance", resource_type, rid, "read",
                     lambda client: _history(request, resource_type, rid))
 
 
 @get("/{resource_type:str}/{rid:str}/_history/{vid:str}", sync_to_thread=True)
-def vread(request: Request, resource_type: FromPath[str], rid: FromPath[str], vid: FromPath[str]) -> Response:
+def vread(request: Request, resource_type: ResourceType, rid: Rid, vid: str) -> Response:
     def work(client: ApiClient) -> Response:
         with session_scope(_services(request).engine) as s:
             result = interactions.vread(s, resource_type, rid, vid)
@@ -337,7 +385,8 @@ def vread(request: Request, resource_type: FromPath[str], rid: FromPath[str], vi
     return _guarded(request, "vread", resource_type, rid, "read", work)
 
 
-@post("/ImagingStudy/$analyze")
+@post("/ImagingStudy/$analyze", operation_class=_body_operation(
+    **{"application/fhir+json": _PARAMETERS, "image/png": _BYTES, "image/jpeg": _BYTES, "application/dicom": _BYTES}))
 async def analyze_operation(request: Request) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_analyze_operation, request, data)
