@@ -510,3 +510,41 @@ def test_wrong_json_shapes_found_by_schemathesis_are_400(fhir, body):
     url = "/fhir" if body["resourceType"] == "Bundle" else "/fhir/ImagingStudy/$analyze"
     is_outcome(api("POST", url, body), 400)
     assert state() == before
+
+
+def test_digits_that_are_not_decimal_are_4xx(fhir):
+    """Found by schemathesis: '4¹'.isdigit() is true but int('4¹') raises (If-Match, vread, _offset)."""
+    api, state = fhir
+    pid = api("GET", "/fhir/Patient?family=Lovelace").json()["entry"][0]["resource"]["id"]
+    before = state()
+    is_outcome(api("PUT", f"/fhir/Patient/{pid}", {**_patient("Lovelace", "M-1"), "id": pid},
+                   headers={"If-Match": 'W/"4¹"'.encode("latin-1")}), 400)
+    is_outcome(api("DELETE", f"/fhir/Patient/{pid}", headers={"If-Match": "²".encode("latin-1")}), 400)
+    tx = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": f"Patient/{pid}",
+                                                                            "ifMatch": "4¹"}}]}
+    r = api("POST", "/fhir", tx)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"].startswith("400")
+    is_outcome(api("GET", f"/fhir/Patient/{pid}/_history/¹"), 404)
+    is_outcome(api("GET", "/fhir/AuditEvent?_offset=³"), 400)
+    is_outcome(api("GET", "/fhir/AuditEvent?_offset=99999999999999999999"), 400)
+    assert state() == before
+
+
+def test_web_forms_with_non_decimal_digits_are_not_500(tmp_path, db_url, engine):
+    settings = Settings(runtime_dir=tmp_path / "var", database_url=db_url, load_models=False, _env_file=None)
+    with session_scope(engine) as s:
+        create_user(s, "dr.grey", PASSWORD, "doctor")
+    with TestClient(create_app(settings)) as client:
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        assert client.post("/login", data={"username": "dr.grey", "password": PASSWORD, "_csrf_token": csrf},
+                           follow_redirects=False).status_code == 303
+        token = re.search(r'"x-csrftoken": "([^"]+)"', client.get("/patients/new").text).group(1)
+        r = client.post("/patients/new", data={"family": "Digit", "mrn": "D-1"}, headers={"x-csrftoken": token},
+                        follow_redirects=False)
+        pid = r.headers["location"].rsplit("/", 1)[1]
+        before = snapshot(engine, settings.effective_image_store_dir)
+        r = client.post(f"/patients/{pid}/edit", data={"family": "Digit", "mrn": "D-1", "version": "¹"},
+                        headers={"x-csrftoken": token}, follow_redirects=False)
+        assert r.status_code in (303, 422), r.status_code  # the version is ignored, not a crash
+        assert client.get("/patients", params={"triage": "²"}).status_code == 200
+        assert snapshot(engine, settings.effective_image_store_dir)["study"] == before["study"]

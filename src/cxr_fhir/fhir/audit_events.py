@@ -62,8 +62,8 @@ def bundle(s: Session, pairs: list[tuple[str, str]], base: str) -> dict[str, Any
                              else AuditEvent.entity_id == rid)
             stmt = stmt.where(or_(*conds))
         elif key in ("_count", "_offset"):
-            if not value.isdigit():
-                raise errors.bad_request(f"{key} must be a whole number")
+            if not value.isdecimal() or int(value) > 10**9:
+                raise errors.bad_request(f"{key} must be a whole number (at most 10^9)")
             if key == "_count":
                 count = min(int(value), MAX_COUNT)
             else:

@@ -104,7 +104,7 @@ def _etag(value: str | None) -> int | None:
     if not value:
         return None
     digits = value.removeprefix("W/").strip('"')
-    if not digits.isdigit():
+    if not digits.isdecimal():
         raise errors.bad_request(f"If-Match {value!r} is not a version ETag like W/\"3\"")
     return int(digits)
 

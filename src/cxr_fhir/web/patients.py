@@ -72,7 +72,7 @@ class PatientController(Controller):
     @get("/", sync_to_thread=True)
     def search(self, request: Request, q: str = "", er_area: str = "", triage: str = "", page_no: int = 1) -> Template:
         svc = services(request)
-        level = int(triage) if triage.isdigit() and 1 <= int(triage) <= 5 else None
+        level = int(triage) if triage.isdecimal() and 1 <= int(triage) <= 5 else None
         page_no = max(1, page_no)
         with Session(svc.engine) as s:
             rows, total = PatientRepository(s).search(q.strip()[:100], er_area or None, level,
@@ -134,7 +134,7 @@ class PatientController(Controller):
         svc = services(request)
         patient = _get_patient(request, patient_id)
         values = {k: data.get(k, "") for k in FIELDS}
-        version = int(data["version"]) if (data.get("version") or "").isdigit() else None
+        version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
         parsed, errors = parse_form(data)
         if parsed is not None:
             try:

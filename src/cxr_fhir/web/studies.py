@@ -61,7 +61,7 @@ class StudyController(Controller):
         svc = services(request)
         limit = svc.settings.max_upload_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit * MAX_FILES + 2**20:
+        if declared.isdecimal() and int(declared) > limit * MAX_FILES + 2**20:
             # More than ten files at the limit could carry: refused before the body is read.
             return page(request, "partials/upload_results.html", status_code=413, patient_id=patient_id,
                         colours=COLOURS, results=[{"filename": "", "error": f"The upload is too large: at most "
@@ -140,7 +140,7 @@ class StudyController(Controller):
         if found is None or found.deleted_at is not None:
             raise NotFoundException()
         reports = ReportService(svc.engine, svc.settings.ehr_push_enabled)
-        version = int(data["version"]) if (data.get("version") or "").isdigit() else None
+        version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
         conclusion = data.get("conclusion")
         error = None
         try:
