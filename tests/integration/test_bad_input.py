@@ -547,4 +547,13 @@ def test_web_forms_with_non_decimal_digits_are_not_500(tmp_path, db_url, engine)
                         headers={"x-csrftoken": token}, follow_redirects=False)
         assert r.status_code in (303, 422), r.status_code  # the version is ignored, not a crash
         assert client.get("/patients", params={"triage": "²"}).status_code == 200
+        # Control characters typed into the pages: a search finds nothing, a name is refused with its field.
+        for q in ("\x00", "a\x00b", "\x1b[2J", "%_\\"):
+            r = client.get("/patients", params={"q": q})
+            assert r.status_code == 200 and "Digit" not in r.text, q
+        for big in ("99999999999999999999", "-5", "1e9"):
+            assert client.get("/patients", params={"page_no": big}).status_code in (200, 400), big
+        r = client.post("/patients/new", data={"family": "Nul\x00", "mrn": "D-2"}, headers={"x-csrftoken": token},
+                        follow_redirects=False)
+        assert r.status_code == 422 and "control characters" in r.text
         assert snapshot(engine, settings.effective_image_store_dir)["study"] == before["study"]
