@@ -102,7 +102,7 @@ def check_search(client, headers, resource_type: str, pairs: list[tuple[str, str
 def test_random_search_queries_never_5xx(api, resource_type):
     client, headers = api
 
-    @settings(max_examples=400, **FAST)
+    @settings(max_examples=1000, **FAST)
     @given(st.lists(st.tuples(keys_for(resource_type), values), min_size=1, max_size=4))
     def prop(pairs):
         RAN[f"search-{resource_type}"] += 1
@@ -154,7 +154,7 @@ def test_random_patients_never_5xx_and_created_ones_read_back_as_sent(api):
     h = {**headers, "Content-Type": FHIR}
     outcomes: Counter[int] = Counter()
 
-    @settings(max_examples=400, **FAST)
+    @settings(max_examples=1000, **FAST)
     @given(patients)
     def prop(body):
         RAN["patient-create"] += 1
