@@ -557,3 +557,15 @@ def test_web_forms_with_non_decimal_digits_are_not_500(tmp_path, db_url, engine)
                         follow_redirects=False)
         assert r.status_code == 422 and "control characters" in r.text
         assert snapshot(engine, settings.effective_image_store_dir)["study"] == before["study"]
+
+
+@pytest.mark.parametrize("raw", [b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+                                 b'{"resourceType": "Patient", "multipleBirthInteger": 1' + b"0" * 5000 + b"}",
+                                 b'{"resourceType": "Patient", "extension": [' + b"{}," * 30_000 + b"{}]}"])
+def test_pathological_json_is_4xx(fhir, raw):
+    """Deep nesting (a RecursionError in the parser), a 5000-digit number, 30000 empty objects."""
+    api, state = fhir
+    before = state()
+    for url in ("/fhir/Patient", "/fhir", "/fhir/ImagingStudy/$analyze"):
+        is_outcome(api("POST", url, raw), (400, 413, 422))
+    assert state() == before

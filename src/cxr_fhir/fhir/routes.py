@@ -120,9 +120,29 @@ def _json_body(request: Request, data: bytes) -> Any:
         raise errors.FhirError(415, f"Content-Type {ctype or '(none)'!r} is not supported; send "
                                     "application/fhir+json", "not-supported")
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        body = None
+    if body is None and data.strip() != b"null" or _too_deep(body):
+        raise errors.bad_request(f"the body nests deeper than {MAX_DEPTH} levels") from None
+    return body
+
+
+MAX_DEPTH = 64  # a Bundle of resources with extensions needs a fraction of this
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether JSON nests deeper than MAX_DEPTH (iteratively: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def respond(request: Request, body: dict[str, Any] | bytes | None, status: int = 200,
