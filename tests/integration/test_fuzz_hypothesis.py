@@ -177,6 +177,50 @@ def test_random_patients_never_5xx_and_created_ones_read_back_as_sent(api):
     assert outcomes[201] > 0 and sum(v for k, v in outcomes.items() if k >= 400) > 0, outcomes
 
 
+# -- (b2) random batch / transaction Bundles ---------------------------------------------------------------
+
+urls = st.one_of(st.sampled_from(["Patient", "Patient/x", "Observation", "Observation?code=s|c", "Patient?family=Zo",
+                                  "Patient/x/_history/1", "Device", "Provenance", "Nope", "/", "Patient?", "?",
+                                  "Patient?_id=%00", "Patient/../x", "urn:uuid:1"]), st.text(max_size=15))
+entries = st.fixed_dictionaries(
+    {"request": st.fixed_dictionaries({"method": st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
+                                       "url": urls},
+                                      optional={"ifMatch": st.sampled_from(['W/"1"', "1", "x", "", "W/\"2\""]),
+                                                "ifNoneExist": st.sampled_from(["family=Zo", "", "x=%", "_id=1"])})},
+    optional={"fullUrl": st.sampled_from(["urn:uuid:6c1c8a54-0000-4000-8000-000000000001", "x", ""]),
+              "resource": patients | st.fixed_dictionaries({"resourceType": st.sampled_from(["Observation", "Bundle"]),
+                                                            "status": st.sampled_from(["final", "x"]),
+                                                            "code": st.just({"text": "t"})})})
+bundles = st.fixed_dictionaries({"resourceType": st.just("Bundle"),
+                                 "type": st.sampled_from(["batch", "transaction", "collection"]),
+                                 "entry": st.lists(entries, max_size=5) | st.lists(entries | junk, max_size=3)})
+
+
+def test_random_bundles_never_5xx(api):
+    client, headers = api
+    h = {**headers, "Content-Type": FHIR}
+
+    statuses: Counter[int] = Counter()
+
+    @settings(max_examples=500, **FAST)
+    @given(bundles)
+    def prop(bundle):
+        RAN["bundle"] += 1
+        r = client.post("/fhir", content=json.dumps(bundle), headers=h)
+        statuses[r.status_code] += 1
+        assert r.status_code < 500, (bundle, r.status_code, r.text[:500])
+        body = r.json()
+        if r.status_code == 200:
+            assert body["type"] == f"{bundle['type']}-response" and len(body["entry"]) == len(bundle["entry"])
+            for entry in body["entry"]:
+                assert int(entry["response"]["status"][:3]) < 500, entry
+        else:
+            assert body["resourceType"] == "OperationOutcome"
+
+    prop()
+    assert statuses[200] > 0 and sum(v for k, v in statuses.items() if k >= 400) > 0, statuses
+
+
 # -- (c) FHIR dates -> [lo, hi) ----------------------------------------------------------------------------
 
 offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: m - m % 15)
