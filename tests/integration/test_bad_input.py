@@ -551,6 +551,14 @@ def test_web_forms_with_non_decimal_digits_are_not_500(tmp_path, db_url, engine)
         for q in ("\x00", "a\x00b", "\x1b[2J", "%_\\"):
             r = client.get("/patients", params={"q": q})
             assert r.status_code == 200 and "Digit" not in r.text, q
+        # Ids with control characters in the pages' paths name nothing (PostgreSQL refused U+0000: a 500).
+        for path in ("/patients/%00", "/patients/a%00b/edit", "/studies/%00", "/studies/%1b/image.png"):
+            assert client.get(path).status_code == 404, path
+        for path in ("/patients/%00/studies", "/reports/%00/confirm", "/studies/%00/delete"):
+            assert client.post(path, headers={"x-csrftoken": token}).status_code == 404, path
+        # An upload for a patient who does not exist is a 404 (it was a 503 'models not loaded' here).
+        assert client.post("/patients/nobody/studies", headers={"x-csrftoken": token},
+                           files=[("files", ("x.png", png8(), "image/png"))]).status_code == 404
         for big in ("99999999999999999999", "-5", "1e9"):
             assert client.get("/patients", params={"page_no": big}).status_code in (200, 400), big
         r = client.post("/patients/new", data={"family": "Nul\x00", "mrn": "D-2"}, headers={"x-csrftoken": token},

@@ -19,6 +19,7 @@ from ..imaging import ImageRejected
 from ..services.queue import Saturated
 from ..services.reports import ReportService, ReportStateError, StudyService
 from ..storage.errors import Gone, NotFound, StoreUnavailable, VersionConflict
+from ..storage.repositories import PatientRepository
 from ..storage.tables import Report
 from .common import audit_read, page, services, user
 from .guards import login_required
@@ -66,6 +67,8 @@ class StudyController(Controller):
             return page(request, "partials/upload_results.html", status_code=413, patient_id=patient_id,
                         colours=COLOURS, results=[{"filename": "", "error": f"The upload is too large: at most "
                                                    f"{MAX_FILES} files of {limit // 2**20} MB each."}])
+        if not await anyio.to_thread.run_sync(_patient_exists, svc.engine, patient_id):
+            raise NotFoundException()  # before anything else: no upload page answers for nobody
         form = await request.form()
         files = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
         results: list[dict[str, Any]] = []
@@ -165,6 +168,15 @@ class StudyController(Controller):
         row = _row(request, study_id, include_deleted=False)
         StudyService(svc.engine, svc.settings.ehr_push_enabled).delete(row.study.id, user(request).username)
         return page(request, "partials/deleted.html", row=row)
+
+
+def _patient_exists(engine: Any, patient_id: str) -> bool:
+    with Session(engine) as s:
+        try:
+            PatientRepository(s).get(patient_id)
+        except (NotFound, Gone):
+            return False
+    return True
 
 
 def _upload_status(svc: Any, results: list[dict[str, Any]]) -> int:
