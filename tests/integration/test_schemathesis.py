@@ -83,3 +83,61 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
                                     "operations": len(operations), "cases_per_mode": CASES_PER_MODE}, indent=2) + "\n")
     assert not failures, "\n".join(failures[:20])
     assert sum(ran.values()) >= len(operations) * 2 and statuses[200] + statuses[201] > 0, statuses
+
+
+WEB_CASES_PER_MODE = 30
+
+
+def test_web_pages_get_no_server_error_from_generated_requests(tmp_path):
+    """The pages in the same schema, as a logged-in admin with the CSRF token (so forms are processed)."""
+    import re
+
+    from litestar.testing import TestClient
+
+    from cxr_fhir.security.users import create_user
+
+    settings = Settings(runtime_dir=tmp_path / "var", load_models=False, _env_file=None)
+    app = create_app(settings)
+    migrate.upgrade(app.state.services.engine, settings.migrations_dir)
+    with session_scope(app.state.services.engine) as s:
+        create_user(s, "admin", "correct-horse-battery", "admin")
+    with TestClient(app) as client:
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        assert client.post("/login", data={"username": "admin", "password": "correct-horse-battery",
+                                           "_csrf_token": csrf}, follow_redirects=False).status_code == 303
+        token = re.search(r'"x-csrftoken": "([^"]+)"', client.get("/patients/new").text).group(1)
+        cookies = dict(client.cookies)
+    headers = {"x-csrftoken": token}
+
+    schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app).include(
+        path_regex="^/(patients|studies|reports|admin)")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15, [op.label for op in operations]
+    ran: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @hsettings(max_examples=WEB_CASES_PER_MODE, deadline=None, database=None,
+                       suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def run(case):
+                ran[operation.label] += 1
+                response = case.call(headers=headers, cookies=cookies)
+                statuses[response.status_code] += 1
+                if response.status_code >= 500:
+                    failures.append(f"{operation.label} {mode.value}: {response.status_code} {case.path_parameters} "
+                                    f"{case.query} {str(case.body)[:200]}")
+
+            try:
+                run()
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE, operation.label
+
+    data = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
+    data["web"] = {"cases": dict(sorted(ran.items())), "total": sum(ran.values()),
+                   "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text(json.dumps(data, indent=2) + "\n")
+    assert not failures, "\n".join(failures[:20])
+    assert statuses[200] > 0, statuses  # the session held: pages were served, not redirects to /login
