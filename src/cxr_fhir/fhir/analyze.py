@@ -48,18 +48,27 @@ def from_parameters(body: Any) -> tuple[bytes, str | None]:
     """(image bytes, subject reference) from a Parameters resource."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise errors.bad_request("$analyze takes a Parameters resource or the raw image")
-    params = {p.get("name"): p for p in body.get("parameter", []) if isinstance(p, dict)}
+    given = body.get("parameter")
+    params = {p["name"]: p for p in (given if isinstance(given, list) else [])
+              if isinstance(p, dict) and isinstance(p.get("name"), str)}
     image = params.get("image", {}).get("resource")
     if not isinstance(image, dict) or image.get("resourceType") != "Binary":
         raise errors.bad_request("parameter 'image' must hold a Binary resource", ["Parameters.parameter"])
     if image.get("contentType") not in IMAGE_TYPES:
         raise errors.FhirError(415, f"image contentType {image.get('contentType')!r} is not one of "
                                     + ", ".join(IMAGE_TYPES), "not-supported")
+    encoded = image.get("data", "")
     try:
-        data = base64.b64decode(image.get("data", ""), validate=True)
+        if not isinstance(encoded, str):
+            raise ValueError(encoded)
+        data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise errors.bad_request("Binary.data is not valid base64") from None
-    subject = params.get("subject", {}).get("valueReference", {}).get("reference")
+        raise errors.bad_request("Binary.data is not valid base64", ["Parameters.parameter.resource.data"]) from None
+    reference = params.get("subject", {}).get("valueReference")
+    subject = reference.get("reference") if isinstance(reference, dict) else reference
+    if subject is not None and not isinstance(subject, str):
+        raise errors.bad_request("parameter 'subject' must be a valueReference to Patient/<id>",
+                                 ["Parameters.parameter.valueReference"])
     return data, subject
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session, col
 
 from ..storage.tables import AuditEvent
-from . import errors, mapping
+from . import errors, mapping, store
 from .index import BadDate, date_range
 from .search import DEFAULT_COUNT, MAX_COUNT
 from .store import PREFIXES
@@ -18,7 +18,7 @@ PARAMS = ("date", "action", "outcome", "entity", "_id", "_count", "_offset", "_f
 
 
 def read(s: Session, rid: str) -> dict[str, Any]:
-    row = s.get(AuditEvent, rid)
+    row = s.get(AuditEvent, rid) if store.is_id(rid) else None
     if row is None:
         raise errors.not_found(f"AuditEvent/{rid} is not known")
     return mapping.to_wire(mapping.audit_event(row))
@@ -40,6 +40,8 @@ def bundle(s: Session, pairs: list[tuple[str, str]], base: str) -> dict[str, Any
     stmt = select(AuditEvent)
     count, offset = DEFAULT_COUNT, 0
     for key, value in pairs:
+        if any(ord(c) < 32 for c in key + value):
+            raise errors.bad_request(f"search parameter {key!r} contains control characters")
         if key not in PARAMS:
             raise errors.bad_request(f"unknown search parameter {key!r} for AuditEvent; supported: "
                                      + ", ".join(p for p in PARAMS if p != "_format"))
@@ -60,8 +62,8 @@ def bundle(s: Session, pairs: list[tuple[str, str]], base: str) -> dict[str, Any
                              else AuditEvent.entity_id == rid)
             stmt = stmt.where(or_(*conds))
         elif key in ("_count", "_offset"):
-            if not value.isdigit():
-                raise errors.bad_request(f"{key} must be a whole number")
+            if not value.isdecimal() or int(value) > 10**9:
+                raise errors.bad_request(f"{key} must be a whole number (at most 10^9)")
             if key == "_count":
                 count = min(int(value), MAX_COUNT)
             else:

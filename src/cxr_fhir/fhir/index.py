@@ -38,8 +38,11 @@ def date_range(text: str) -> tuple[datetime, datetime]:
         if hour is None:
             lo = datetime(int(year), int(month), int(day), tzinfo=UTC)
             return lo, lo + timedelta(days=1)
+        # The fraction's digits, not float(frac): float('.207') * 1e6 is 206999.99..., an interval
+        # that missed the instant it was written from. Beyond microseconds the digits are dropped.
+        digits = frac[1:7] if frac else ""
         naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
-                         int(float(frac) * 1_000_000) if frac else 0)
+                         int(digits.ljust(6, "0")) if digits else 0)
     except ValueError as exc:
         raise BadDate(f"not a real date: {text!r}") from exc
     if tz in (None, "Z"):
@@ -47,7 +50,9 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     else:
         sign = 1 if tz[0] == "+" else -1
         lo = (naive - sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))).replace(tzinfo=UTC)
-    step = timedelta(microseconds=1) if frac else timedelta(seconds=1) if second else timedelta(minutes=1)
+    # At the value's precision: .2 covers a tenth of a second, .207 a millisecond, and so on.
+    step = (timedelta(microseconds=10 ** (6 - len(digits))) if digits else timedelta(seconds=1) if second
+            else timedelta(minutes=1))
     return lo, lo + step
 
 

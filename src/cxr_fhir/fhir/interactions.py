@@ -52,7 +52,7 @@ def read(s: Session, resource_type: str, rid: str) -> Result:
 
 def vread(s: Session, resource_type: str, rid: str, version: str) -> Result:
     provider(resource_type, None)
-    if not version.isdigit():
+    if not version.isdecimal() or int(version) > 2**31 - 1:
         raise errors.not_found(f"{resource_type}/{rid}/_history/{version} is not known")
     row = store.vread(s, resource_type, rid, int(version))
     return Result(200, row.content, resource_type, rid, row.version_id, row.last_updated)

@@ -8,6 +8,7 @@ update may only confirm or amend the report, an ImagingStudy delete deletes the 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -48,7 +49,62 @@ def parse(resource_type: str, body: Any) -> dict[str, Any]:
                   for e in exc.errors()[:20]]
         raise errors.FhirError(400, f"{resource_type} is not valid FHIR R4: {exc.errors()[0]['msg']}",
                                "structure", issues[0]["expression"], issues=issues[1:]) from exc
-    return mapping.to_wire(model)
+    content = mapping.to_wire(model)
+    coerced = _coerced(body, content, resource_type)
+    if coerced:
+        # The model is lenient (birthDate 0 became 1970-01-01, "true" became true): FHIR JSON is not.
+        raise errors.bad_request(f"{coerced} has the wrong JSON type for FHIR R4", [coerced])
+    where = _control_character(content, resource_type)
+    if where:
+        # FHIR strings SHALL NOT hold characters below U+0020 other than tab, CR and LF; PostgreSQL
+        # cannot even store U+0000 in JSON. Refused as the patient service refuses them in names.
+        raise errors.unprocessable(f"{where} contains control characters", [where])
+    return content
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _coerced(sent: Any, kept: Any, path: str) -> str | None:
+    """Where the validated resource holds a value of another JSON type than the client sent."""
+    if isinstance(sent, dict) and isinstance(kept, dict):
+        for key in sent.keys() & kept.keys():
+            found = _coerced(sent[key], kept[key], f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(sent, list) and isinstance(kept, list):
+        for a, b in zip(sent, kept):
+            found = _coerced(a, b, path)
+            if found:
+                return found
+    elif sent is not None and kept is not None and _kind(sent) != _kind(kept):
+        return path
+    return None
+
+
+ALLOWED_CONTROL = frozenset("\t\r\n")
+
+
+def _control_character(value: Any, path: str) -> str | None:
+    """The FHIRPath-like location of the first string (or key) holding a control character."""
+    if isinstance(value, str):
+        return path if any(unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROL for c in value) else None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found = _control_character(key, path) or _control_character(child, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for child in value:
+            found = _control_character(child, path)
+            if found:
+                return found
+    return None
 
 
 def _strip(content: dict[str, Any]) -> dict[str, Any]:

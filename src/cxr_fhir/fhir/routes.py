@@ -19,7 +19,6 @@ from typing import Any
 from anyio import to_thread
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath
 from sqlalchemy.exc import OperationalError
 
 from ..imaging.loader import sniff
@@ -27,7 +26,7 @@ from ..security import audit
 from ..security.clients import allows, authenticate
 from ..storage.db import session_scope
 from ..storage.tables import ApiClient
-from . import analyze, audit_events, errors, interactions, search, store, transactions
+from . import analyze, audit_events, errors, interactions, openapi, search, store, transactions
 from .capability import capability_statement
 from .delivery import with_delivery_status
 from .index import BadDate, date_range
@@ -35,6 +34,7 @@ from .interactions import Result
 from .providers import Actor
 
 log = logging.getLogger("cxr_fhir.fhir")
+
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -83,9 +83,29 @@ def _json_body(request: Request, data: bytes) -> Any:
         raise errors.FhirError(415, f"Content-Type {ctype or '(none)'!r} is not supported; send "
                                     "application/fhir+json", "not-supported")
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        body = None
+    if body is None and data.strip() != b"null" or _too_deep(body):
+        raise errors.bad_request(f"the body nests deeper than {MAX_DEPTH} levels") from None
+    return body
+
+
+MAX_DEPTH = 64  # a Bundle of resources with extensions needs a fraction of this
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether JSON nests deeper than MAX_DEPTH (iteratively: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def respond(request: Request, body: dict[str, Any] | bytes | None, status: int = 200,
@@ -215,7 +235,7 @@ def metadata(request: Request) -> Response:
     return respond(request, capability_statement(base_url(request), package_version("cxr-fhir"), STARTED))
 
 
-@post("/")
+@post("/", operation_class=openapi.BUNDLE_BODY)
 async def batch_or_transaction(request: Request) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_batch_or_transaction, request, data)
@@ -224,8 +244,10 @@ async def batch_or_transaction(request: Request) -> Response:
 def _batch_or_transaction(request: Request, data: bytes) -> Response:
     def work(client: ApiClient) -> Response:
         bundle = _json_body(request, data)
-        for entry in (bundle.get("entry") or []) if isinstance(bundle, dict) else []:
-            req = entry.get("request", {}) if isinstance(entry, dict) else {}
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
+        for entry in entries if isinstance(entries, list) else []:  # the shape is checked in transactions
+            req = entry.get("request") if isinstance(entry, dict) else None
+            req = req if isinstance(req, dict) else {}
             rtype = str(req.get("url", "")).split("?")[0].split("/")[0]
             if rtype:
                 require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
@@ -252,7 +274,7 @@ def _audit_entries(request: Request, client: ApiClient, done: list[tuple[dict[st
 
 
 @get("/{resource_type:str}", sync_to_thread=True)
-def search_type(request: Request, resource_type: FromPath[str]) -> Response:
+def search_type(request: Request, resource_type: openapi.ResourceType) -> Response:
     pairs = list(request.query_params.multi_items())
 
     def work(client: ApiClient) -> Response:
@@ -266,8 +288,8 @@ def search_type(request: Request, resource_type: FromPath[str]) -> Response:
     return _guarded(request, "search-type", resource_type, None, "read", work)
 
 
-@post("/{resource_type:str}")
-async def create(request: Request, resource_type: FromPath[str]) -> Response:
+@post("/{resource_type:str}", operation_class=openapi.RESOURCE_BODY)
+async def create(request: Request, resource_type: openapi.ResourceType) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_create, request, resource_type, data)
 
@@ -283,8 +305,8 @@ def _create(request: Request, resource_type: str, data: bytes) -> Response:
     return _guarded(request, "create", resource_type, None, "write", work)
 
 
-@put("/{resource_type:str}")
-async def conditional_update(request: Request, resource_type: FromPath[str]) -> Response:
+@put("/{resource_type:str}", operation_class=openapi.RESOURCE_BODY)
+async def conditional_update(request: Request, resource_type: openapi.ResourceType) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_conditional_update, request, resource_type, data)
 
@@ -301,13 +323,13 @@ def _conditional_update(request: Request, resource_type: str, data: bytes) -> Re
 
 
 @get("/{resource_type:str}/_history", sync_to_thread=True)
-def history_type(request: Request, resource_type: FromPath[str]) -> Response:
+def history_type(request: Request, resource_type: openapi.ResourceType) -> Response:
     return _guarded(request, "history-type", resource_type, None, "read",
                     lambda client: _history(request, resource_type, None))
 
 
 @get("/{resource_type:str}/{rid:str}", sync_to_thread=True)
-def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def read(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
     if resource_type == "Binary":
         return _guarded(request, "read", "Binary", rid, "read", lambda client: _binary(request, rid))
 
@@ -327,8 +349,8 @@ def read(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> 
     return _guarded(request, "read", resource_type, rid, access, work)
 
 
-@put("/{resource_type:str}/{rid:str}")
-async def update(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+@put("/{resource_type:str}/{rid:str}", operation_class=openapi.RESOURCE_BODY)
+async def update(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_update, request, resource_type, rid, data)
 
@@ -345,7 +367,7 @@ def _update(request: Request, resource_type: str, rid: str, data: bytes) -> Resp
 
 
 @delete("/{resource_type:str}/{rid:str}", sync_to_thread=True, status_code=200)
-def delete_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def delete_instance(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
     def work(client: ApiClient) -> Response:
         with session_scope(_services(request).engine) as s:
             result = interactions.delete(s, _services(request), resource_type, rid, _actor(client),
@@ -357,13 +379,13 @@ def delete_instance(request: Request, resource_type: FromPath[str], rid: FromPat
 
 
 @get("/{resource_type:str}/{rid:str}/_history", sync_to_thread=True)
-def history_instance(request: Request, resource_type: FromPath[str], rid: FromPath[str]) -> Response:
+def history_instance(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
     return _guarded(request, "history-instance", resource_type, rid, "read",
                     lambda client: _history(request, resource_type, rid))
 
 
 @get("/{resource_type:str}/{rid:str}/_history/{vid:str}", sync_to_thread=True)
-def vread(request: Request, resource_type: FromPath[str], rid: FromPath[str], vid: FromPath[str]) -> Response:
+def vread(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid, vid: str) -> Response:
     def work(client: ApiClient) -> Response:
         with session_scope(_services(request).engine) as s:
             result = interactions.vread(s, resource_type, rid, vid)
@@ -372,7 +394,7 @@ def vread(request: Request, resource_type: FromPath[str], rid: FromPath[str], vi
     return _guarded(request, "vread", resource_type, rid, "read", work)
 
 
-@post("/ImagingStudy/$analyze")
+@post("/ImagingStudy/$analyze", operation_class=openapi.ANALYZE_BODY)
 async def analyze_operation(request: Request) -> Response:
     data = await request.body()
     return await to_thread.run_sync(_analyze_operation, request, data)

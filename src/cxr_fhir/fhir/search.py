@@ -20,6 +20,9 @@ SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
 SUMMARIES = ("count", "false")
 
 
+MAX_OFFSET = 10**9  # far beyond any result set; keeps the number inside what the database takes
+
+
 def _int(name: str, value: str, low: int) -> int:
     try:
         n = int(value)
@@ -27,6 +30,8 @@ def _int(name: str, value: str, low: int) -> int:
         raise errors.bad_request(f"{name} must be a whole number, not {value!r}") from None
     if n < low:
         raise errors.bad_request(f"{name} must be at least {low}")
+    if n > MAX_OFFSET:
+        raise errors.bad_request(f"{name} must be at most {MAX_OFFSET}")
     return n
 
 
@@ -41,6 +46,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
     options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": [],
                                "ignored": []}
     for key, value in pairs:
+        if _has_control(key) or _has_control(value):
+            # No stored value holds one (writes refuse them), and PostgreSQL cannot compare U+0000.
+            raise errors.bad_request(f"search parameter {key!r} contains control characters")
         if not strict and _unknown(resource_type, key):
             options["ignored"].append(key)
             continue
@@ -91,6 +99,10 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
                 raise errors.bad_request(f"search parameter {key} has no value")
             query.criteria.append(store.Criterion(name, modifier or None, values, chain))
     return query, options
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def _unknown(resource_type: str, key: str) -> bool:

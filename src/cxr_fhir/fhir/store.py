@@ -77,7 +77,17 @@ def mark_deleted(s: Session, resource_type: str, resource_id: str, version: int 
 
 # -- reads --------------------------------------------------------------------------------------
 
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_id(value: str) -> bool:
+    """A FHIR logical id; nothing else can be stored (writes validate the id), so nothing else is looked up."""
+    return bool(_ID.fullmatch(value))
+
+
 def get_row(s: Session, resource_type: str, resource_id: str) -> FhirResource | None:
+    if not is_id(resource_id):  # a path like '../x' or '\x00' names nothing (and would upset PostgreSQL)
+        return None
     return s.get(FhirResource, (resource_type, resource_id))
 
 
@@ -91,7 +101,7 @@ def read(s: Session, resource_type: str, resource_id: str) -> FhirResource:
 
 
 def vread(s: Session, resource_type: str, resource_id: str, version: int) -> FhirResourceHistory:
-    row = s.execute(select(FhirResourceHistory).where(
+    row = None if not is_id(resource_id) or version > 2**31 - 1 else s.execute(select(FhirResourceHistory).where(
         FhirResourceHistory.resource_type == resource_type, FhirResourceHistory.resource_id == resource_id,
         FhirResourceHistory.version_id == version)).scalars().first()
     if row is None:

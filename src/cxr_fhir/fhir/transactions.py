@@ -61,6 +61,15 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(req, dict) or req.get("method") not in ORDER or not isinstance(req.get("url"), str):
             raise errors.bad_request(f"entry {i} needs request.method (GET, POST, PUT, DELETE) and request.url",
                                      [f"Bundle.entry[{i}].request"])
+        # The rest of an entry is read without further checks: wrong JSON types are the client's error.
+        for key in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
+            if key in req and not isinstance(req[key], str):
+                raise errors.bad_request(f"entry {i}: request.{key} must be a string",
+                                         [f"Bundle.entry[{i}].request.{key}"])
+        if "fullUrl" in entry and not isinstance(entry["fullUrl"], str):
+            raise errors.bad_request(f"entry {i}: fullUrl must be a string", [f"Bundle.entry[{i}].fullUrl"])
+        if entry.get("resource") is not None and not isinstance(entry["resource"], dict):
+            raise errors.bad_request(f"entry {i}: resource must be a JSON object", [f"Bundle.entry[{i}].resource"])
     return entries
 
 
@@ -95,7 +104,7 @@ def _etag(value: str | None) -> int | None:
     if not value:
         return None
     digits = value.removeprefix("W/").strip('"')
-    if not digits.isdigit():
+    if not digits.isdecimal():
         raise errors.bad_request(f"If-Match {value!r} is not a version ETag like W/\"3\"")
     return int(digits)
 
@@ -148,8 +157,8 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
 def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor, base: str
             ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:
     """The response Bundle, and (entry request, status) pairs for the audit trail."""
-    kind = bundle.get("type")
-    if bundle.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
+    kind = bundle.get("type") if isinstance(bundle, dict) else None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
         raise errors.bad_request("POST /fhir takes a Bundle of type batch or transaction")
     entries = copy.deepcopy(_entries(bundle))
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])

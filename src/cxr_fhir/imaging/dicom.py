@@ -70,7 +70,7 @@ def _acquired(ds: Any) -> datetime | None:
         return None
     # DICOM dates are local time; the offset, when the modality wrote it, makes them absolute.
     offset = _text(ds, "TimezoneOffsetFromUTC")
-    if offset and len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+    if offset and len(offset) == 5 and offset[0] in "+-" and offset[1:].isdecimal():
         sign = 1 if offset[0] == "+" else -1
         tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
         return local.replace(tzinfo=tz).astimezone(UTC)
@@ -90,6 +90,6 @@ def _metadata(ds: Any, modality: str) -> dict[str, Any]:
         "acquired_at": _acquired(ds),
         "patient_id": _text(ds, "PatientID"),
         "patient_name": _text(ds, "PatientName"),
-        "patient_birth_date": birth if birth and len(birth) == 8 and birth.isdigit() else None,
+        "patient_birth_date": birth if birth and len(birth) == 8 and birth.isdecimal() else None,
         "patient_sex": {"M": "male", "F": "female", "O": "other"}.get(_text(ds, "PatientSex") or "", None),
     }

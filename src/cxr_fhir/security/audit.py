@@ -17,5 +17,19 @@ def record(session: Session, *, action: str, subtype: str, agent_type: str, agen
     if action not in ACTIONS or outcome not in OUTCOMES or agent_type not in {"user", "client", "system"}:
         raise ValueError(f"bad audit event: action={action!r} outcome={outcome!r} agent_type={agent_type!r}")
     return AuditRepository(session).record(AuditEvent(
-        action=action, subtype=subtype, outcome=outcome, agent_type=agent_type, agent_id=agent_id,
-        source_ip=source_ip, entity_type=entity_type, entity_id=entity_id, query=query, detail=detail))
+        action=action, subtype=_clean(subtype, 32), outcome=outcome, agent_type=agent_type,
+        agent_id=_clean(agent_id, 128), source_ip=_clean(source_ip, 64), entity_type=_clean(entity_type, 32),
+        entity_id=_clean(entity_id, 64), query=_clean(query), detail=_clean(detail)))
+
+
+def _clean(value: str | None, limit: int | None = None) -> str | None:
+    """What a client sent (a path, a query) as the column can hold it: control characters written as
+    escapes (PostgreSQL refuses U+0000) and cut to the column's length, so that no request, however
+    malformed, goes unaudited or turns its refusal into a server error."""
+    if value is None:
+        return None
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        value = "".join(c if ord(c) >= 32 and c != "\x7f" else f"\\x{ord(c):02x}" for c in value)
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value

@@ -204,7 +204,7 @@ class AdminController(Controller):
                     continue
                 stmt = stmt.where(col(AuditEvent.recorded) >= moment if name == "since"
                                   else col(AuditEvent.recorded) < moment)
-        page_no = max(1, page_no)
+        page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
         with Session(services(request).engine) as s:
             events = s.exec(stmt.order_by(col(AuditEvent.recorded).desc())
                             .offset((page_no - 1) * AUDIT_PAGE).limit(AUDIT_PAGE + 1)).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, NotFoundException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
 from ..storage.tables import User
@@ -26,6 +26,14 @@ def current_user(connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
 def login_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     if current_user(connection) is None:
         raise NotAuthorizedException("please log in")
+    _no_control_characters(connection)
+
+
+def _no_control_characters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """An id, user name or finding in the path never holds a control character: such a path names
+    nothing (404), and PostgreSQL would refuse U+0000 in the look-up."""
+    if any(isinstance(v, str) and any(ord(c) < 32 or c == "\x7f" for c in v) for v in connection.path_params.values()):
+        raise NotFoundException()
 
 
 def admin_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -34,3 +42,4 @@ def admin_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
         raise NotAuthorizedException("please log in")
     if user.role != "admin":
         raise PermissionDeniedException("this page is for administrators")
+    _no_control_characters(connection)

@@ -73,11 +73,16 @@ class PatientController(Controller):
     def search(self, request: Request, q: FromQuery[str] = "", er_area: FromQuery[str] = "",
                triage: FromQuery[str] = "", page_no: FromQuery[int] = 1) -> Template:
         svc = services(request)
-        level = int(triage) if triage.isdigit() and 1 <= int(triage) <= 5 else None
-        page_no = max(1, page_no)
-        with Session(svc.engine) as s:
-            rows, total = PatientRepository(s).search(q.strip()[:100], er_area or None, level,
-                                                      offset=(page_no - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        level = int(triage) if triage.isdecimal() and 1 <= int(triage) <= 5 else None
+        page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in q + er_area):
+            # No name or MRN holds one (registration refuses them); SQLite would end the text at U+0000
+            # (matching everyone) and PostgreSQL refuses it outright.
+            rows, total = [], 0
+        else:
+            with Session(svc.engine) as s:
+                rows, total = PatientRepository(s).search(q.strip()[:100], er_area or None, level,
+                                                          offset=(page_no - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         audit_read(request, "Patient", None, subtype="search",
                    detail=f"patient search, {total} match(es)")  # never the typed text (names, MRNs)
         pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
@@ -135,7 +140,7 @@ class PatientController(Controller):
         svc = services(request)
         patient = _get_patient(request, patient_id)
         values = {k: data.get(k, "") for k in FIELDS}
-        version = int(data["version"]) if (data.get("version") or "").isdigit() else None
+        version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
         parsed, errors = parse_form(data)
         if parsed is not None:
             try:

@@ -19,6 +19,7 @@ from ..imaging import ImageRejected
 from ..services.queue import Saturated
 from ..services.reports import ReportService, ReportStateError, StudyService
 from ..storage.errors import Gone, NotFound, StoreUnavailable, VersionConflict
+from ..storage.repositories import PatientRepository
 from ..storage.tables import Report
 from .common import audit_read, page, services, user
 from .delivery import delivery_context
@@ -61,6 +62,14 @@ class StudyController(Controller):
     async def upload(self, request: Request, patient_id: FromPath[str]) -> Template:
         svc = services(request)
         limit = svc.settings.max_upload_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > limit * MAX_FILES + 2**20:
+            # More than ten files at the limit could carry: refused before the body is read.
+            return page(request, "partials/upload_results.html", status_code=413, patient_id=patient_id,
+                        colours=COLOURS, results=[{"filename": "", "error": f"The upload is too large: at most "
+                                                   f"{MAX_FILES} files of {limit // 2**20} MB each."}])
+        if not await anyio.to_thread.run_sync(_patient_exists, svc.engine, patient_id):
+            raise NotFoundException()  # before anything else: no upload page answers for nobody
         form = await request.form()
         files = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
         results: list[dict[str, Any]] = []
@@ -74,7 +83,8 @@ class StudyController(Controller):
             name = (f.filename or "upload")[:255]
             data = await f.read()
             if len(data) > limit:
-                results.append({"filename": name, "error": f"the file is larger than {limit // 2**20} MB"})
+                results.append({"filename": name, "error": f"the file is larger than {limit // 2**20} MB",
+                                "code": "too-large-upload"})
                 continue
             try:
                 up = await anyio.to_thread.run_sync(analysis.upload, patient_id, data, name, user(request).username)
@@ -98,8 +108,9 @@ class StudyController(Controller):
             results.append({"filename": "", "error": f"Only the first {MAX_FILES} files were uploaded; "
                                                      "send the rest in another batch."})
         # The history below the upload box reloads itself on this event.
-        return page(request, "partials/upload_results.html", headers={"HX-Trigger": "history-changed"},
-                    results=results, patient_id=patient_id, colours=COLOURS)
+        return page(request, "partials/upload_results.html", status_code=_upload_status(svc, results),
+                    headers={"HX-Trigger": "history-changed"}, results=results, patient_id=patient_id,
+                    colours=COLOURS)
 
     @get("/studies/{study_id:str}", sync_to_thread=True)
     def result(self, request: Request, study_id: FromPath[str]) -> Template:
@@ -139,7 +150,7 @@ class StudyController(Controller):
         if found is None or found.deleted_at is not None:
             raise NotFoundException()
         reports = ReportService(svc.engine, svc.settings.ehr_push_enabled)
-        version = int(data["version"]) if (data.get("version") or "").isdigit() else None
+        version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
         conclusion = data.get("conclusion")
         error = None
         try:
@@ -164,6 +175,25 @@ class StudyController(Controller):
         row = _row(request, study_id, include_deleted=False)
         StudyService(svc.engine, svc.settings.ehr_push_enabled).delete(row.study.id, user(request).username)
         return page(request, "partials/deleted.html", row=row)
+
+
+def _patient_exists(engine: Any, patient_id: str) -> bool:
+    with Session(engine) as s:
+        try:
+            PatientRepository(s).get(patient_id)
+        except (NotFound, Gone):
+            return False
+    return True
+
+
+def _upload_status(svc: Any, results: list[dict[str, Any]]) -> int:
+    """200 when any file was analysed; otherwise why nothing was (the page shows each message)."""
+    if any(r.get("row") for r in results):
+        return 200
+    codes = {r.get("code") for r in results}
+    if svc.models is None or "busy" in codes:
+        return 503
+    return 413 if "too-large-upload" in codes else 422
 
 
 def _all_findings(row: StudyRow) -> list[dict[str, Any]]:
