@@ -13,7 +13,7 @@ from typing import Any
 
 from anyio import to_thread
 from litestar import Litestar, Request, get
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.datastructures import State
 from litestar.response import Response
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -100,6 +100,32 @@ def load_models(services: Services) -> None:
         log.error("models not loaded", extra={"reason": str(exc)})
 
 
+def _bounded_bodies(limit: int):
+    """No request body outside /fhir (which has its own limit) may exceed ``limit`` bytes, counted
+    as it arrives: a chunked upload declares no length and would otherwise be read without end."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or is_fhir_path(scope.get("path", "")):
+                await app(scope, receive, send)
+                return
+            seen = 0
+
+            async def counted() -> Any:
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ClientException(status_code=413, detail=f"the request body is larger than {limit} bytes")
+                return message
+
+            await app(scope, counted, send)
+
+        return middleware
+
+    return wrap
+
+
 def _access_log(app: ASGIApp) -> ASGIApp:
     """Log method, path, status and duration; never the query string (names and MRNs live there)."""
     access = logging.getLogger("cxr_fhir.access")
@@ -182,6 +208,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=web.exception_handlers,
         state=State({"services": services}),
         lifespan=[lifespan],
-        middleware=[_access_log, *web.middleware],
+        # Ten files at the upload limit, plus the form around them (see web/studies.py).
+        middleware=[_access_log, _bounded_bodies(settings.max_upload_bytes * 10 + 2**20), *web.middleware],
         logging_config=None,  # the process entry point (cli.py) configures JSON logging
     )

@@ -34,7 +34,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     engine = app.state.services.engine
     migrate.upgrade(engine, settings.migrations_dir)
     with session_scope(engine) as s:
-        token = create_client(s, "schemathesis", ["system/*.*"], created_by="test")[1]
+        token = create_client(s, "schemathesis", ["system/*.*", "system/AuditEvent.read"], created_by="test")[1]
     auth = {"Authorization": f"Bearer {token}"}
     # Resources under a known id, so that the cases with rid=SEEDED reach the stored ones.
     from litestar.testing import TestClient
