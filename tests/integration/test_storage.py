@@ -142,3 +142,11 @@ def test_rows_from_before_the_fhir_store_are_projected_once(engine):
         assert store.read(s, "Patient", p.id).content["name"][0]["family"] == p.family
         assert store.read(s, "ImagingStudy", st.id).version_id == st.version_id
         assert s.get(FhirResource, ("Media", st.id)) is not None
+
+
+def test_patient_search_folds_case_beyond_ascii(engine):
+    with session_scope(engine) as s:
+        PatientRepository(s).create(_patient(family="ZOË", given="ÅSA", mrn="U-1"), actor="t")
+        rows, total = PatientRepository(s).search("zoë")
+        assert total == 1 and rows[0].family == "ZOË"
+        assert PatientRepository(s).search("åsa")[1] == 1

@@ -38,6 +38,8 @@ def _sqlite_begin(conn) -> None:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the web pages read while the worker writes; SQLite leaves foreign keys off by default.
     dbapi_conn.isolation_level = None  # see the "begin" listener in make_engine
+    # SQLite's own lower() folds ASCII only: a search for "zoë" would miss "ZOË". Python's is Unicode-aware.
+    dbapi_conn.create_function("lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
