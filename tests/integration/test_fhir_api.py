@@ -289,6 +289,17 @@ def test_tokens_scopes_and_audit(api, engine):
     assert denied.status_code == 403 and denied.json()["issue"][0]["code"] == "forbidden"
     assert api("GET", "/fhir/Observation", token=reader).status_code == 403
     assert api("GET", "/fhir/AuditEvent", token=reader).status_code == 403
+    # Another type is never read through a search of a readable one: chains and includes need its scope.
+    obs_reader = _token(engine, "obs-reader", ["system/Observation.read"])
+    for query in ("subject:Patient.family=smith", "_include=Observation:subject", "patient.family=smith"):
+        r = api("GET", f"/fhir/Observation?{query}", token=obs_reader)
+        assert r.status_code == 403 and "Patient.read" in r.text, query
+    assert api("GET", "/fhir/Patient?_revinclude=Observation:subject", token=reader).status_code == 403
+    assert api("GET", "/fhir/Observation?code=x", token=obs_reader).status_code == 200
+    obs_writer = _token(engine, "obs-writer", ["system/Observation.*"])
+    probe = api("POST", "/fhir/Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+                headers={"If-None-Exist": "subject:Patient.family=smith"}, token=obs_writer)
+    assert probe.status_code == 403
     tx = {"resourceType": "Bundle", "type": "transaction",
           "entry": [{"resource": _patient("Sneaky"), "request": {"method": "POST", "url": "Patient"}}]}
     assert api("POST", "/fhir", tx, token=reader).status_code == 403

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib.metadata import version as package_version
 from typing import Any
+from urllib.parse import parse_qsl
 
 from anyio import to_thread
 from litestar import Request, Response, Router, delete, get, post, put
@@ -176,6 +177,13 @@ def _client(request: Request) -> ApiClient:
 EXPLICIT_ONLY = {"AuditEvent"}
 
 
+def _require_criteria(client: ApiClient, resource_type: str, query: str) -> None:
+    """Search criteria (a search, If-None-Exist, a conditional update) may read other types."""
+    if query:
+        for other in search.types_read(resource_type, parse_qsl(query, keep_blank_values=True)):
+            require(client, other, "read")
+
+
 def require(client: ApiClient, resource_type: str, access: str) -> None:
     if resource_type in EXPLICIT_ONLY:
         if f"system/{resource_type}.{access}" not in client.scopes and f"system/{resource_type}.*" not in client.scopes:
@@ -248,9 +256,12 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
         for entry in entries if isinstance(entries, list) else []:  # the shape is checked in transactions
             req = entry.get("request") if isinstance(entry, dict) else None
             req = req if isinstance(req, dict) else {}
-            rtype = str(req.get("url", "")).split("?")[0].split("/")[0]
+            url = str(req.get("url", ""))
+            rtype = url.split("?")[0].split("/")[0]
             if rtype:
                 require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
+                _require_criteria(client, rtype, url.partition("?")[2])
+                _require_criteria(client, rtype, str(req.get("ifNoneExist") or ""))
         response, done = transactions.process(_services(request).engine, _services(request), bundle,
                                               _actor(client), base_url(request))
         _audit_entries(request, client, done)
@@ -282,6 +293,8 @@ def search_type(request: Request, resource_type: openapi.ResourceType) -> Respon
             if resource_type == "AuditEvent":
                 return respond(request, audit_events.bundle(s, pairs, base_url(request)))
             interactions.provider(resource_type, None)
+            for other in search.types_read(resource_type, pairs):
+                require(client, other, "read")
             strict = "handling=strict" in request.headers.get("prefer", "")
             return respond(request, search.bundle(s, resource_type, pairs, base_url(request), strict))
 
@@ -297,6 +310,7 @@ async def create(request: Request, resource_type: openapi.ResourceType) -> Respo
 def _create(request: Request, resource_type: str, data: bytes) -> Response:
     def work(client: ApiClient) -> Response:
         body = _json_body(request, data)
+        _require_criteria(client, resource_type, request.headers.get("if-none-exist") or "")
         with session_scope(_services(request).engine) as s:
             result = interactions.create(s, _services(request), resource_type, body, _actor(client),
                                          request.headers.get("if-none-exist"))
@@ -314,6 +328,7 @@ async def conditional_update(request: Request, resource_type: openapi.ResourceTy
 def _conditional_update(request: Request, resource_type: str, data: bytes) -> Response:
     def work(client: ApiClient) -> Response:
         body = _json_body(request, data)
+        _require_criteria(client, resource_type, request.url.query)
         with session_scope(_services(request).engine) as s:
             result = interactions.conditional_update(s, _services(request), resource_type,
                                                      list(request.query_params.multi_items()), body, _actor(client))

@@ -105,6 +105,29 @@ def _has_control(text: str) -> bool:
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
+def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
+    """Every resource type a search reads besides its own: chained parameters look into their
+    target type, _include and _revinclude return other types. The caller checks the scopes for
+    each, so a token cannot read (or probe) a type through another one's search."""
+    found: set[str] = set()
+    for key, value in pairs:
+        if key == "_include":
+            _, param, *target = value.split(":")
+            spec = PARAMS.get(resource_type, {}).get(param)
+            found |= {target[0]} if target else set(spec.targets if spec else ())
+        elif key == "_revinclude":
+            found.add(value.split(":")[0])
+        elif not key.startswith("_") and "." in key:
+            name, _, rest = key.partition(".")
+            name, _, modifier = name.partition(":")
+            spec = PARAMS.get(resource_type, {}).get(name)
+            targets = (modifier,) if modifier else (spec.targets if spec else ())
+            found |= set(targets)
+            if rest:  # a chain that goes on: subject:Patient.organization... reads further types
+                found |= {t for t in PARAMS if f":{t}." in rest}
+    return found - {resource_type}
+
+
 def _unknown(resource_type: str, key: str) -> bool:
     if key in CONTROL or key in ("_id", "_lastUpdated"):
         return False
