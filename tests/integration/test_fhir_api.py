@@ -351,3 +351,75 @@ def test_negotiation_and_errors_are_operation_outcomes(api):
     assert oo.json()["resourceType"] == "OperationOutcome"
     assert api("GET", "/fhir/Binary/" + "0" * 64).status_code == 404
     assert api("GET", "/fhir/OperationDefinition/ImagingStudy-analyze").json()["code"] == "analyze"
+
+
+def test_review_findings_stay_fixed(api, engine, tmp_path):
+    """Defects an independent review found, each reproduced here first."""
+    pid = api("POST", "/fhir/Patient", _patient("Scoped", "R-1")).json()["id"]
+    obs_only = _token(engine, "obs-only", ["system/Observation.*"])
+    # 1. A leading '/' in a Bundle entry's url did not escape the scope check.
+    for kind, method, url in (("batch", "GET", f"/Patient/{pid}"), ("batch", "GET", "/Patient?family=scoped"),
+                              ("transaction", "DELETE", f"/Patient/{pid}"), ("transaction", "POST", "/Patient")):
+        entry = {"request": {"method": method, "url": url}}
+        if method == "POST":
+            entry["resource"] = _patient("Sneak")
+        r = api("POST", "/fhir", {"resourceType": "Bundle", "type": kind, "entry": [entry]}, token=obs_only)
+        assert r.status_code == 403, (method, url, r.text)
+    assert api("GET", f"/fhir/Patient/{pid}").status_code == 200
+
+    # 3. A deleted analysed study could be recreated by PUT, and deleting it again was a 500.
+    from cxr_fhir.storage.image_store import ImageStore
+    from support.reports import make_report
+
+    made = make_report(engine, ImageStore(tmp_path / "img"), queue=False)
+    study = api("GET", f"/fhir/ImagingStudy/{made.study_id}").json()
+    assert api("DELETE", f"/fhir/ImagingStudy/{made.study_id}").status_code == 200
+    assert api("PUT", f"/fhir/ImagingStudy/{made.study_id}", study).status_code == 410
+    assert api("PUT", f"/fhir/Media/{made.study_id}", {"resourceType": "Media", "id": made.study_id,
+                                                       "status": "completed", "content": {}}).status_code == 410
+    assert api("DELETE", f"/fhir/ImagingStudy/{made.study_id}").status_code == 200
+
+    # 4. A urn:uuid resolved to a patient the same transaction deletes.
+    doomed = api("POST", "/fhir/Patient", _patient("Doomed", "R-555")).json()["id"]
+    urn = "urn:uuid:7d9f2b7e-0000-4000-8000-000000000555"
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": f"Patient/{doomed}"}},
+        {"fullUrl": urn, "resource": _patient("Reborn", "R-555"),
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={MRN}|R-555"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": urn}}, "request": {"method": "POST", "url": "Observation"}}]}
+    r = api("POST", "/fhir", tx)
+    assert r.status_code == 200, r.text
+    new_pid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+    obs_id = r.json()["entry"][2]["response"]["location"].split("/")[1]
+    assert new_pid != doomed
+    assert api("GET", f"/fhir/Observation/{obs_id}").json()["subject"]["reference"] == f"Patient/{new_pid}"
+    dangling = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000000"}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    assert api("POST", "/fhir", dangling).status_code == 400
+
+    # 5. A conditional update with a body that is not an object was a 500.
+    assert api("PUT", f"/fhir/Patient?identifier={MRN}|R-1", b"[1,2]").status_code == 400
+
+
+def test_if_match_is_checked_under_a_lock(api):
+    """Two writers holding the same version: exactly one wins, the other gets 412."""
+    import threading
+
+    pid = api("POST", "/fhir/Patient", _patient("Racer", "R-9")).json()["id"]
+    barrier, statuses = threading.Barrier(2), []
+
+    def write(given: str) -> None:
+        body = {**_patient("Racer", "R-9"), "id": pid, "name": [{"family": "Racer", "given": [given]}]}
+        barrier.wait()
+        statuses.append(api("PUT", f"/fhir/Patient/{pid}", body, headers={"If-Match": 'W/"1"'}).status_code)
+
+    threads = [threading.Thread(target=write, args=(g,)) for g in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200, 412]
+    assert api("GET", f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "2"

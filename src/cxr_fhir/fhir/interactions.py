@@ -97,7 +97,9 @@ def conditional_update(s: Session, services: Any, resource_type: str, criteria: 
     found = _matches(s, resource_type, criteria)
     if len(found) > 1:
         raise errors.precondition_failed(f"the criteria match {len(found)} resources; be more specific")
-    body_id = body.get("id") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise errors.bad_request("the body must be a JSON object holding one FHIR resource")
+    body_id = body.get("id")
     if found:
         if body_id and body_id != found[0].id:
             raise errors.bad_request(f"the resource id {body_id!r} is not the matching resource's id")

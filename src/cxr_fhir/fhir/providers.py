@@ -137,8 +137,10 @@ class Provider:
     def update(self, s: Session, rid: str, content: dict[str, Any], actor: Actor, if_match: int | None
                ) -> tuple[FhirResource, bool]:
         """Returns the new version and whether it was created by this update."""
-        row = store.get_row(s, self.resource_type, rid)
+        row = store.get_row(s, self.resource_type, rid, lock=True)
         _check_version(row, if_match)
+        if row is not None and row.deleted and row.origin == "domain":
+            raise errors.gone(f"{self.resource_type}/{rid} was deleted and cannot be recreated")
         if row is None or row.deleted:
             return self.create(s, content, actor, new_id=rid), True
         self._check_writable(row, "update")
@@ -146,7 +148,7 @@ class Provider:
         return store.read(s, self.resource_type, rid), False
 
     def delete(self, s: Session, rid: str, actor: Actor, if_match: int | None = None) -> None:
-        row = store.get_row(s, self.resource_type, rid)
+        row = store.get_row(s, self.resource_type, rid, lock=True)
         if row is None:
             raise errors.not_found(f"{self.resource_type}/{rid} is not known")
         if row.deleted:
@@ -208,7 +210,9 @@ class PatientProvider(Provider):
                 raise errors.gone(f"Patient/{rid} was deleted; register a new patient instead")
             return self.create(s, content, actor, new_id=rid), True
         try:
-            self._service().update_in(s, rid, self._values(content), actor.name, fhir_extra=_strip(content))
+            # If-Match is checked again under the patient row's lock: two writers cannot both pass it.
+            self._service().update_in(s, rid, self._values(content), actor.name, expected_version=if_match,
+                                      fhir_extra=_strip(content))
         except PatientInvalid as exc:
             raise _patient_error(exc) from exc
         except VersionConflict as exc:
@@ -221,7 +225,10 @@ class PatientProvider(Provider):
             raise errors.not_found(f"Patient/{rid} is not known")
         _check_version(row, if_match)
         if not row.deleted:
-            self._service().delete_in(s, rid, actor.name)
+            try:
+                self._service().delete_in(s, rid, actor.name, expected_version=if_match)
+            except VersionConflict as exc:
+                raise errors.precondition_failed(str(exc)) from exc
 
 
 def _patient_error(exc: PatientInvalid) -> errors.FhirError:
@@ -242,7 +249,11 @@ class ImagingStudyProvider(Provider):
         row = store.get_row(s, "ImagingStudy", rid)
         if row is not None and row.origin == "domain" and not row.deleted:
             _check_version(row, if_match)
-            StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(s, rid, actor.name)
+            try:
+                StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(
+                    s, rid, actor.name, expected_version=if_match)
+            except VersionConflict as exc:
+                raise errors.precondition_failed(str(exc)) from exc
             return
         super().delete(s, rid, actor, if_match)
 
@@ -266,9 +277,9 @@ class DiagnosticReportProvider(Provider):
         status, conclusion = content.get("status"), content.get("conclusion")
         try:
             if status == "final" and current["status"] == "preliminary":
-                reports.confirm_in(s, rid, actor.name, conclusion=conclusion)
+                reports.confirm_in(s, rid, actor.name, conclusion=conclusion, expected_version=if_match)
             elif status == "amended" and current["status"] in ("final", "amended"):
-                reports.amend_in(s, rid, conclusion or "", actor.name)
+                reports.amend_in(s, rid, conclusion or "", actor.name, expected_version=if_match)
             elif status == current["status"] and conclusion == current.get("conclusion"):
                 return store.read(s, "DiagnosticReport", rid), False  # nothing to change
             else:
@@ -277,6 +288,8 @@ class DiagnosticReportProvider(Provider):
                                             "status 'amended'", "business-rule", ["DiagnosticReport.status"])
         except ReportStateError as exc:
             raise errors.FhirError(422, str(exc), "business-rule", ["DiagnosticReport"]) from exc
+        except VersionConflict as exc:
+            raise errors.precondition_failed(str(exc)) from exc
         except (NotFound, Gone) as exc:
             raise errors.gone(str(exc)) from exc
         return store.read(s, "DiagnosticReport", rid), False

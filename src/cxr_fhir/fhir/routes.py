@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib.metadata import version as package_version
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from anyio import to_thread
 from litestar import Request, Response, Router, delete, get, post, put
@@ -257,11 +257,13 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
             req = entry.get("request") if isinstance(entry, dict) else None
             req = req if isinstance(req, dict) else {}
             url = str(req.get("url", ""))
-            rtype = url.split("?")[0].split("/")[0]
-            if rtype:
-                require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
-                _require_criteria(client, rtype, url.partition("?")[2])
-                _require_criteria(client, rtype, str(req.get("ifNoneExist") or ""))
+            try:  # the very parser the entry will run with, so no spelling of a URL escapes the check
+                rtype, _, _, pairs = transactions._split(url)
+            except errors.FhirError:
+                continue  # refused with its reason when the Bundle is processed
+            require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
+            _require_criteria(client, rtype, urlencode(pairs))
+            _require_criteria(client, rtype, str(req.get("ifNoneExist") or ""))
         response, done = transactions.process(_services(request).engine, _services(request), bundle,
                                               _actor(client), base_url(request))
         _audit_entries(request, client, done)

@@ -37,8 +37,9 @@ def put(s: Session, resource_type: str, resource_id: str, content: dict[str, Any
     """Store a new current version (create or update) and index it. Returns the stored JSON."""
     when = when or utcnow()
     row = s.get(FhirResource, (resource_type, resource_id), with_for_update=True)
-    if version is None:
-        version = (row.version_id + 1) if row is not None else 1
+    if version is None or (row is not None and version <= row.version_id):
+        # Never reuse a version number: history keeps every one.
+        version = (row.version_id + 1) if row is not None else (version or 1)
     meta = {k: v for k, v in content.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
     content = {"resourceType": resource_type, "id": resource_id,
                "meta": {"versionId": str(version), "lastUpdated": _instant(when), **deepcopy(meta)},
@@ -64,7 +65,7 @@ def mark_deleted(s: Session, resource_type: str, resource_id: str, version: int 
     if row is None or row.deleted:
         return row.version_id if row else 0
     when = when or utcnow()
-    row.version_id = version or row.version_id + 1
+    row.version_id = max(version or 0, row.version_id + 1)
     row.deleted, row.last_updated = True, when
     s.add(row)
     s.add(FhirResourceHistory(resource_type=resource_type, resource_id=resource_id, version_id=row.version_id,
@@ -85,10 +86,12 @@ def is_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))
 
 
-def get_row(s: Session, resource_type: str, resource_id: str) -> FhirResource | None:
+def get_row(s: Session, resource_type: str, resource_id: str, lock: bool = False) -> FhirResource | None:
+    """``lock``: for a check-then-write (If-Match), so no other writer slips in between."""
     if not is_id(resource_id):  # a path like '../x' or '\x00' names nothing (and would upset PostgreSQL)
         return None
-    return s.get(FhirResource, (resource_type, resource_id))
+    return s.get(FhirResource, (resource_type, resource_id), with_for_update=lock,
+                 populate_existing=lock)
 
 
 def read(s: Session, resource_type: str, resource_id: str) -> FhirResource:

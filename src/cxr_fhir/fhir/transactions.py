@@ -49,6 +49,18 @@ def _relink(value: Any, ids: dict[str, str]) -> Any:
     return value
 
 
+def _unresolved(value: Any) -> str | None:
+    """The first urn:uuid reference left after resolution, if any."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref.startswith("urn:uuid:"):
+            return ref
+        return next((r for v in value.values() if (r := _unresolved(v))), None)
+    if isinstance(value, list):
+        return next((r for v in value if (r := _unresolved(v))), None)
+    return None
+
+
 def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
@@ -128,13 +140,19 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
     """fullUrl (urn:uuid) -> 'Type/id' for every entry that creates or updates, before any runs."""
     refs: dict[str, str] = {}
     assigned: dict[int, str] = {}
+    # DELETE entries run first: what they delete cannot be what a later entry matches.
+    deleting = {_split(e["request"]["url"])[:2] for e in entries if e["request"]["method"] == "DELETE"}
+
+    def matches(rtype: str, criteria) -> list:
+        return [row for row in interactions._matches(s, rtype, criteria) if (rtype, row.id) not in deleting]
+
     for i, entry in enumerate(entries):
         req, full = entry["request"], entry.get("fullUrl", "")
         rtype, rid, _, pairs = _split(req["url"])
         target: str | None = None
         if req["method"] == "POST":
             if req.get("ifNoneExist"):
-                found = interactions._matches(s, rtype, req["ifNoneExist"])
+                found = matches(rtype, req["ifNoneExist"])
                 if len(found) == 1:
                     target = found[0].id
             if target is None:
@@ -143,7 +161,7 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
             if rid:
                 target = rid
             elif pairs:
-                found = interactions._matches(s, rtype, pairs)
+                found = matches(rtype, pairs)
                 target = found[0].id if len(found) == 1 else None
                 if target is None and not found:
                     target = new_id()
@@ -169,6 +187,10 @@ def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor,
             refs, assigned = _preassign(s, services, entries)
             for i in order:
                 entry = _relink(entries[i], refs)
+                dangling = _unresolved(entry.get("resource"))
+                if dangling:
+                    raise errors.bad_request(f"entry {i} refers to {dangling}, which no entry of this transaction "
+                                             "creates; nothing was stored", [f"Bundle.entry[{i}].resource"])
                 try:
                     result, payload = _run(s, services, entry, actor, base, assigned, i)
                 except errors.FhirError as exc:

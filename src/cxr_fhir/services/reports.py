@@ -45,7 +45,7 @@ class ReportService:
 
     def confirm_in(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
                    expected_version: int | None = None) -> Report:
-        current = ReportRepository(s).get(report_id)
+        current = ReportRepository(s).get_for_update(report_id)  # two confirms cannot both pass
         if current.status != "preliminary":
             raise ReportStateError(f"report is {current.status}; only a preliminary report can be confirmed")
         changes = {"status": "final", "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
@@ -55,7 +55,7 @@ class ReportService:
 
     def amend_in(self, s: Session, report_id: str, conclusion: str, actor: str,
                  expected_version: int | None = None) -> Report:
-        current = ReportRepository(s).get(report_id)
+        current = ReportRepository(s).get_for_update(report_id)  # two confirms cannot both pass
         if current.status not in ("final", "amended"):
             raise ReportStateError(f"report is {current.status}; confirm it before amending")
         changes = {"status": "amended", "conclusion": _clean(conclusion), "confirmed_by": actor,

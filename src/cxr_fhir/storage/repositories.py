@@ -80,6 +80,13 @@ class VersionedRepository(Generic[T]):
             raise Gone(f"{self.resource_type}/{id} was deleted")
         return obj
 
+    def get_for_update(self, id: str) -> T:
+        """The current row, locked until the transaction ends: for a check that a write relies on."""
+        obj = self._locked(id)
+        if obj.deleted_at is not None:
+            raise Gone(f"{self.resource_type}/{id} was deleted")
+        return obj
+
     def history(self, id: str) -> Sequence[ResourceVersion]:
         """All versions, newest first."""
         stmt = (select(ResourceVersion)
