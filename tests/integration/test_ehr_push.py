@@ -31,6 +31,7 @@ from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, session_scope
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
+from cxr_fhir.storage.types import utcnow
 from support.ehr_server import EhrServer, ehr, own_ehr, require_sekmet  # noqa: F401 (fixtures)
 from support.reports import MRN_SYSTEM, make_report
 
@@ -407,3 +408,17 @@ def test_app_runs_the_worker_and_ready_shows_the_backlog(tmp_path, ehr, images):
         assert found["entry"][0]["resource"]["extension"][0]["valueCode"] == "delivered"
     assert _counts(ehr, made) == ONCE
     engine.dispose()
+
+
+def test_a_worker_whose_lease_ran_out_does_not_settle_another_workers_claim(sqlite_engine, images):
+    from cxr_fhir.ehr.errors import TransientError
+
+    made = make_report(sqlite_engine, images)
+    slow, other = (_worker(sqlite_engine, images, "http://127.0.0.1:9", worker_id=w) for w in ("slow", "other"))
+    assert slow.claim() == made.outbox_id
+    with session_scope(sqlite_engine) as s:  # the slow worker's send outlived its lease
+        s.get(OutboxDelivery, made.outbox_id).claimed_until = utcnow() - timedelta(seconds=1)
+    assert other.claim() == made.outbox_id
+    assert slow._record(made.outbox_id, made.report_id, 1, None, TransientError("timed out")) == "pending"
+    row = _rows(sqlite_engine)[0]
+    assert (row.claimed_by, row.attempts, row.last_error) == ("other", 0, None)

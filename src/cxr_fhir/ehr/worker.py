@@ -177,6 +177,11 @@ class DeliveryWorker:
             if row.status != "pending":  # settled meanwhile (our lease ran out): keep that, audit ours
                 self._audit(s, row_id, report_id, attempt, error, "superseded attempt")
                 return row.status
+            if row.claimed_by is not None and row.claimed_by != self.worker_id:
+                # Our lease ran out and another worker holds the row now: its attempt settles it,
+                # so the order of a report's versions stays that worker's to keep.
+                self._audit(s, row_id, report_id, attempt, error, "attempt after the lease expired")
+                return row.status
             row.attempts, row.claimed_by, row.claimed_until = attempt, None, None
             if error is None:
                 row.status, row.delivered_at, row.last_error = "delivered", now, None
