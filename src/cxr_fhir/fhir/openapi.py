@@ -19,6 +19,7 @@ ResourceType = Annotated[str, Parameter(description="a FHIR resource type served
                                         schema_extra={"enum": [*STORED_TYPES, "AuditEvent", "Binary",
                                                                "OperationDefinition"]})]
 Rid = Annotated[str, Parameter(description="the logical id ([A-Za-z0-9-.]{1,64})")]
+Vid = Annotated[str, Parameter(description="the version id (meta.versionId)")]
 
 
 def _object(required: list[str] | None = None, **properties: Schema) -> Schema:

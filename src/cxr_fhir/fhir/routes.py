@@ -402,7 +402,7 @@ def history_instance(request: Request, resource_type: openapi.ResourceType, rid:
 
 
 @get("/{resource_type:str}/{rid:str}/_history/{vid:str}", sync_to_thread=True)
-def vread(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid, vid: str) -> Response:
+def vread(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid, vid: openapi.Vid) -> Response:
     def work(client: ApiClient) -> Response:
         with session_scope(_services(request).engine) as s:
             result = interactions.vread(s, resource_type, rid, vid)
