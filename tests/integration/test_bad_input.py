@@ -10,7 +10,6 @@ upload path (bombs, malformed DICOM, sniffing) runs once per module with the rea
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import struct
@@ -452,7 +451,7 @@ def test_web_upload_over_the_size_limit_is_413(loaded):
 def test_content_is_sniffed_not_the_extension_or_content_type(loaded):
     """A real PNG named .dcm and sent as image/jpeg is analysed as the PNG it is; the stored file is
     addressed by its digest, so a traversal in the filename names nothing on disk."""
-    api, client = loaded["api"], loaded["client"]
+    api = loaded["api"]
     r = api("POST", f"/fhir/ImagingStudy/$analyze?subject=Patient/{loaded['pid']}", loaded["radiograph"],
             ctype="image/jpeg")
     assert r.status_code == 200, r.text

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis.errors import Unsatisfiable
