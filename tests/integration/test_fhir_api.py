@@ -295,6 +295,8 @@ def test_tokens_scopes_and_audit(api, engine):
         r = api("GET", f"/fhir/Observation?{query}", token=obs_reader)
         assert r.status_code == 403 and "Patient.read" in r.text, query
     assert api("GET", "/fhir/Patient?_revinclude=Observation:subject", token=reader).status_code == 403
+    for malformed in ("_include=", "_include=Observation", "_revinclude=", "_include=::"):  # found by hypothesis
+        assert api("GET", f"/fhir/Observation?{malformed}", token=obs_reader).status_code == 400, malformed
     assert api("GET", "/fhir/Observation?code=x", token=obs_reader).status_code == 200
     obs_writer = _token(engine, "obs-writer", ["system/Observation.*"])
     probe = api("POST", "/fhir/Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "x"}},

@@ -112,10 +112,11 @@ def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
     found: set[str] = set()
     for key, value in pairs:
         if key == "_include":
-            _, param, *target = value.split(":")
+            _, _, rest = value.partition(":")
+            param, _, target = rest.partition(":")
             spec = PARAMS.get(resource_type, {}).get(param)
-            found |= {target[0]} if target else set(spec.targets if spec else ())
-        elif key == "_revinclude":
+            found |= {target} if target else set(spec.targets if spec else ())
+        elif key == "_revinclude" and value:
             found.add(value.split(":")[0])
         elif not key.startswith("_") and "." in key:
             name, _, rest = key.partition(".")
@@ -125,7 +126,8 @@ def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
             found |= set(targets)
             if rest:  # a chain that goes on: subject:Patient.organization... reads further types
                 found |= {t for t in PARAMS if f":{t}." in rest}
-    return found - {resource_type}
+    # Only real types: a malformed value is refused by parse() with its reason, not here.
+    return {t for t in found if t in PARAMS} - {resource_type}
 
 
 def _unknown(resource_type: str, key: str) -> bool:
