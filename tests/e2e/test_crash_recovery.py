@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 from sqlmodel import Session, select
+from support.server import environment, migrate_and_token, serving, start
 
 from cxr_fhir.storage.db import make_engine
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.tables import Report, Study
-from support.server import CLI, environment, free_port, migrate_and_token, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
@@ -27,19 +26,8 @@ def test_kill_during_uploads_then_restart_leaves_no_study_half_done(tmp_path, sh
     images = sorted((shared_data / "nih" / "originals").glob("*.png"))[:8]
     auth = {"Authorization": f"Bearer {token}"}
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
-            time.sleep(0.5)
+        proc, base = start(env, log)
         body = {"resourceType": "Patient", "name": [{"family": "Crash"}]}
         pid = httpx.post(f"{base}/fhir/Patient", json=body, headers={**auth, "Content-Type": "application/fhir+json"}
                          ).json()["id"]

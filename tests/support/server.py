@@ -45,24 +45,31 @@ def migrate_and_token(env: dict[str, str], name: str = "e2e", scope: str = "syst
     return token
 
 
+def start(env: dict[str, str], log, ready_within_s: float = 240) -> tuple[subprocess.Popen, str]:
+    """`cxr-fhir serve` on a free port, writing to ``log``; returns once /ready answers 200."""
+    port = free_port()
+    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_within_s  # loading the models takes a while on 2 cores
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.flush()
+            pytest.fail(f"server did not become ready: {Path(log.name).read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def serving(env: dict[str, str], log_path: Path, ready_within_s: float = 240) -> Iterator[str]:
     """Base URL of `cxr-fhir serve` once /ready answers 200; stopped on exit."""
-    port = free_port()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
+        proc, base = start(env, log, ready_within_s)
         try:
-            deadline = time.monotonic() + ready_within_s  # loading the models takes a while on 2 cores
-            while True:
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not become ready: {log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
             yield base
         finally:
             proc.terminate()
