@@ -42,13 +42,21 @@ def test_kill_during_uploads_then_restart_leaves_no_study_half_done(tmp_path, sh
         threads = [threading.Thread(target=upload, args=(p,)) for p in images]
         for t in threads:
             t.start()
-        time.sleep(1.5)  # some analysed, some stored and waiting for the models
+        # Kill once one study is analysed and at least two are stored and still waiting (the models
+        # take one image at a time), however fast this machine is.
+        engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'cxr-fhir.db'}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with Session(engine) as s:
+                states = [st.status for st in s.exec(select(Study)).all()]
+            if "analyzed" in states and sum(x in ("queued", "analyzing") for x in states) >= 2:
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         for t in threads:
             t.join(timeout=60)
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'cxr-fhir.db'}")
     with Session(engine) as s:
         before = {st.id: st.status for st in s.exec(select(Study)).all()}
     assert any(status != "analyzed" for status in before.values()), \
