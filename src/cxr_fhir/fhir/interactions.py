@@ -58,7 +58,7 @@ def vread(s: Session, resource_type: str, rid: str, version: str) -> Result:
     return Result(200, row.content, resource_type, rid, row.version_id, row.last_updated)
 
 
-def _matches(s: Session, resource_type: str, criteria: str | list[tuple[str, str]]) -> list[FhirResource]:
+def matches(s: Session, resource_type: str, criteria: str | list[tuple[str, str]]) -> list[FhirResource]:
     pairs = parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
     if not pairs:
         raise errors.bad_request("a conditional interaction needs search criteria")
@@ -73,7 +73,7 @@ def create(s: Session, services: Any, resource_type: str, body: Any, actor: Acto
     prov = provider(resource_type, services)
     content = parse(resource_type, body)
     if if_none_exist:
-        found = _matches(s, resource_type, if_none_exist)
+        found = matches(s, resource_type, if_none_exist)
         if len(found) > 1:
             raise errors.precondition_failed(f"If-None-Exist matches {len(found)} resources; be more specific")
         if found:
@@ -94,7 +94,7 @@ def update(s: Session, services: Any, resource_type: str, rid: str, body: Any, a
 
 def conditional_update(s: Session, services: Any, resource_type: str, criteria: str | list[tuple[str, str]],
                        body: Any, actor: Actor) -> Result:
-    found = _matches(s, resource_type, criteria)
+    found = matches(s, resource_type, criteria)
     if len(found) > 1:
         raise errors.precondition_failed(f"the criteria match {len(found)} resources; be more specific")
     if not isinstance(body, dict):

@@ -141,7 +141,7 @@ def _resource_headers(request: Request, result: Result) -> dict[str, str]:
 
 
 def _if_match(request: Request) -> int | None:
-    return transactions._etag(request.headers.get("if-match"))
+    return transactions.version_from_etag(request.headers.get("if-match"))
 
 
 def _written(request: Request, result: Result) -> Response:
@@ -258,7 +258,7 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
             req = req if isinstance(req, dict) else {}
             url = str(req.get("url", ""))
             try:  # the very parser the entry will run with, so no spelling of a URL escapes the check
-                rtype, _, _, pairs = transactions._split(url)
+                rtype, _, _, pairs = transactions.split_url(url)
             except errors.FhirError:
                 continue  # refused with its reason when the Bundle is processed
             require(client, rtype, "read" if req.get("method") in ("GET", "HEAD") else "write")
@@ -279,7 +279,7 @@ def _audit_entries(request: Request, client: ApiClient, done: list[tuple[dict[st
     """Each entry of a batch or transaction is an access of its own, audited as such."""
     with session_scope(_services(request).engine) as s:
         for req, status in done:
-            rtype, rid, _, _ = transactions._split(req["url"])
+            rtype, rid, _, _ = transactions.split_url(req["url"])
             interaction = ENTRY_INTERACTION[req["method"]] if rid or req["method"] != "GET" else "search-type"
             audit.record(s, action=INTERACTION_ACTION[interaction], subtype=interaction, agent_type="client",
                          agent_id=client.name, outcome="0" if status < 400 else "4", entity_type=rtype,
@@ -452,8 +452,8 @@ def _history(request: Request, resource_type: str, rid: str | None) -> Response:
     unknown = set(pairs) - {"_count", "_offset", "_since", "_format"}
     if unknown:
         raise errors.bad_request(f"history does not support {', '.join(sorted(unknown))}")
-    count = min(search._int("_count", pairs.get("_count", "20"), 1), search.MAX_COUNT)
-    offset = search._int("_offset", pairs.get("_offset", "0"), 0)
+    count = min(search.whole_number("_count", pairs.get("_count", "20"), 1), search.MAX_COUNT)
+    offset = search.whole_number("_offset", pairs.get("_offset", "0"), 0)
     try:
         since = date_range(pairs["_since"])[0] if "_since" in pairs else None
     except BadDate as exc:
@@ -466,9 +466,8 @@ def _history(request: Request, resource_type: str, rid: str | None) -> Response:
         rows, total = store.history(s, resource_type, rid, since, offset, count)
     path = f"{base}/{resource_type}" + (f"/{rid}" if rid else "") + "/_history"
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total,
-                           "link": [{"relation": "self", "url": path + (f"?_offset={offset}" if offset else "")}]}
-    if offset + count < total:
-        out["link"].append({"relation": "next", "url": f"{path}?_count={count}&_offset={offset + count}"})
+                           "link": search.paging_links(path, list(request.query_params.multi_items()), offset, count,
+                                                       total)}
     entries = []
     for row in rows:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{row.resource_type}/{row.resource_id}"}
@@ -491,7 +490,7 @@ def _binary(request: Request, sha: str) -> Response:
     if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or not services.images.exists(sha):
         raise errors.not_found(f"Binary/{sha} is not known")
     data = services.images.get(sha)
-    ctype = sniff(data) if data[:4] != b"\x89PNG" else "image/png"
+    ctype = sniff(data)
     accept = request.headers.get("accept", "")
     if ctype in accept or "image/*" in accept or request.query_params.get("_format") == "binary":
         return Response(content=data, status_code=200, media_type=ctype,

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session
 
+from ..domain.text import has_control
 from ..storage.tables import FhirResource
 from . import errors, store
 from .delivery import with_delivery_status
@@ -23,7 +24,7 @@ SUMMARIES = ("count", "false")
 MAX_OFFSET = 10**9  # far beyond any result set; keeps the number inside what the database takes
 
 
-def _int(name: str, value: str, low: int) -> int:
+def whole_number(name: str, value: str, low: int) -> int:
     try:
         n = int(value)
     except ValueError:
@@ -46,7 +47,7 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
     options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": [],
                                "ignored": []}
     for key, value in pairs:
-        if _has_control(key) or _has_control(value):
+        if has_control(key + value):
             # No stored value holds one (writes refuse them), and PostgreSQL cannot compare U+0000.
             raise errors.bad_request(f"search parameter {key!r} contains control characters")
         if not strict and _unknown(resource_type, key):
@@ -55,9 +56,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
         if key in ("_format", "_pretty"):
             continue
         if key == "_count":
-            query.count = min(_int("_count", value, 0), MAX_COUNT)
+            query.count = min(whole_number("_count", value, 0), MAX_COUNT)
         elif key == "_offset":
-            query.offset = _int("_offset", value, 0)
+            query.offset = whole_number("_offset", value, 0)
         elif key == "_sort":
             for item in value.split(","):
                 name = item.lstrip("-")
@@ -101,10 +102,6 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
     return query, options
 
 
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
-
-
 def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
     """Every resource type a search reads besides its own: chained parameters look into their
     target type, _include and _revinclude return other types. The caller checks the scopes for
@@ -130,6 +127,23 @@ def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
     return {t for t in found if t in PARAMS} - {resource_type}
 
 
+def paging_links(path: str, pairs: list[tuple[str, str]], offset: int, count: int | None, total: int
+                 ) -> list[dict[str, str]]:
+    """self, and next / previous when there are such pages (``count`` None: self only)."""
+    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_format", "_pretty")]
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        params = kept + ([("_offset", str(at))] if at else [])
+        return {"relation": relation, "url": path + (f"?{urlencode(params)}" if params else "")}
+
+    links = [link("self", offset)]
+    if count is not None and offset + count < total:
+        links.append(link("next", offset + count))
+    if count is not None and offset > 0:
+        links.append(link("previous", max(0, offset - count)))
+    return links
+
+
 def _unknown(resource_type: str, key: str) -> bool:
     if key in CONTROL or key in ("_id", "_lastUpdated"):
         return False
@@ -153,20 +167,12 @@ def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: s
     query, options = parse(resource_type, pairs, strict)
     count_only = options["summary"] == "count" or query.count == 0
     matches, total = store.search(s, resource_type, query, count_only=count_only)
-    kept = [(k, v) for k, v in pairs if k not in ("_offset", "_format", "_pretty", *options["ignored"])]
-
-    def link(relation: str, offset: int) -> dict[str, str]:
-        params = kept + ([("_offset", str(offset))] if offset else [])
-        return {"relation": relation, "url": f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")}
-
+    kept = [(k, v) for k, v in pairs if k not in options["ignored"]]
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
-                           "link": [link("self", query.offset)]}
+                           "link": paging_links(f"{base}/{resource_type}", kept, query.offset,
+                                                None if count_only else query.count, total)}
     if count_only:
         return out
-    if query.offset + query.count < total:
-        out["link"].append(link("next", query.offset + query.count))
-    if query.offset > 0:
-        out["link"].append(link("previous", max(0, query.offset - query.count)))
     entries = [_entry(s, row, base, "match", options["elements"]) for row in matches]
     for extra in _included(s, resource_type, matches, options):
         entries.append(_entry(s, extra, base, "include", None))

@@ -203,12 +203,17 @@ def _split_prefix(value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _match_date(lo_col, hi_col, value: str):
+def _prefixed_range(value: str):
     prefix, text = _split_prefix(value)
     try:
-        p_lo, p_hi = date_range(text)
+        return (prefix, *date_range(text))
     except BadDate as exc:
         raise errors.bad_request(str(exc)) from exc
+
+
+def match_date(lo_col, hi_col, value: str):
+    """A date search value (with its prefix) against a stored interval [lo, hi)."""
+    prefix, p_lo, p_hi = _prefixed_range(value)
     contained = and_(lo_col >= p_lo, hi_col <= p_hi)
     return {
         "eq": contained,
@@ -221,6 +226,14 @@ def _match_date(lo_col, hi_col, value: str):
         "eb": hi_col <= p_lo,
         "ap": and_(lo_col < p_hi, hi_col > p_lo),
     }[prefix]
+
+
+def match_instant(column, value: str):
+    """A date search value against a stored instant (lastUpdated, an audit event's time)."""
+    prefix, p_lo, p_hi = _prefixed_range(value)
+    within = and_(column >= p_lo, column < p_hi)
+    return {"eq": within, "ap": within, "ne": not_(within), "gt": column >= p_hi, "sa": column >= p_hi,
+            "ge": column >= p_lo, "lt": column < p_lo, "eb": column < p_lo, "le": column < p_hi}[prefix]
 
 
 def _match_reference(ix, value: str, param, modifier: str | None):
@@ -238,7 +251,7 @@ def _criterion(resource_type: str, c: Criterion, id_col):
     if c.name == "_id":
         return col(id_col).in_([_unescape(v) for v in c.values])
     if c.name == "_lastUpdated":
-        return or_(*(_match_date(FhirResource.last_updated, FhirResource.last_updated, v) for v in c.values))
+        return or_(*(match_instant(FhirResource.last_updated, v) for v in c.values))
     param = PARAMS.get(resource_type, {}).get(c.name)
     if param is None:
         raise errors.bad_request(f"unknown search parameter {c.name!r} for {resource_type}; "
@@ -274,7 +287,7 @@ def _criterion(resource_type: str, c: Criterion, id_col):
     elif param.type == "string":
         match = or_(*(_match_string(ix, v, c.modifier) for v in c.values))
     elif param.type == "date":
-        match = or_(*(_match_date(ix.date_lo, ix.date_hi, v) for v in c.values))
+        match = or_(*(match_date(ix.date_lo, ix.date_hi, v) for v in c.values))
     else:
         match = or_(*(_match_reference(ix, v, param, c.modifier) for v in c.values))
     return exists(select(ix.pk).where(*base, match))

@@ -28,7 +28,7 @@ def _status(code: int) -> str:
     return f"{code} {HTTPStatus(code).phrase}"
 
 
-def _split(url: str) -> tuple[str, str | None, str | None, list[tuple[str, str]]]:
+def split_url(url: str) -> tuple[str, str | None, str | None, list[tuple[str, str]]]:
     """'Patient/1/_history/2?x=y' -> (type, id, version, query pairs)."""
     parts = urlsplit(url)
     segments = [p for p in parts.path.strip("/").split("/") if p]
@@ -88,7 +88,7 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: str,
          assigned: dict[int, str] | None = None, index: int = 0) -> tuple[interactions.Result, dict | None]:
     req = entry["request"]
-    method, (rtype, rid, version, pairs) = req["method"], _split(req["url"])
+    method, (rtype, rid, version, pairs) = req["method"], split_url(req["url"])
     resource = entry.get("resource")
     if method in ("GET", "HEAD"):
         if rid and version:
@@ -97,7 +97,7 @@ def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: s
             return interactions.read(s, rtype, rid), None
         interactions.provider(rtype, services)
         return interactions.Result(200), search.bundle(s, rtype, pairs, base)
-    if_match = _etag(req.get("ifMatch"))
+    if_match = version_from_etag(req.get("ifMatch"))
     if method == "DELETE":
         if not rid:
             raise errors.FhirError(405, "conditional delete is not supported", "not-supported")
@@ -112,7 +112,7 @@ def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: s
     raise errors.bad_request(f"PUT {req['url']!r} needs an id or search criteria")
 
 
-def _etag(value: str | None) -> int | None:
+def version_from_etag(value: str | None) -> int | None:
     if not value:
         return None
     digits = value.removeprefix("W/").strip('"')
@@ -141,18 +141,18 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
     refs: dict[str, str] = {}
     assigned: dict[int, str] = {}
     # DELETE entries run first: what they delete cannot be what a later entry matches.
-    deleting = {_split(e["request"]["url"])[:2] for e in entries if e["request"]["method"] == "DELETE"}
+    deleting = {split_url(e["request"]["url"])[:2] for e in entries if e["request"]["method"] == "DELETE"}
 
-    def matches(rtype: str, criteria) -> list:
-        return [row for row in interactions._matches(s, rtype, criteria) if (rtype, row.id) not in deleting]
+    def surviving(rtype: str, criteria) -> list:
+        return [row for row in interactions.matches(s, rtype, criteria) if (rtype, row.id) not in deleting]
 
     for i, entry in enumerate(entries):
         req, full = entry["request"], entry.get("fullUrl", "")
-        rtype, rid, _, pairs = _split(req["url"])
+        rtype, rid, _, pairs = split_url(req["url"])
         target: str | None = None
         if req["method"] == "POST":
             if req.get("ifNoneExist"):
-                found = matches(rtype, req["ifNoneExist"])
+                found = surviving(rtype, req["ifNoneExist"])
                 if len(found) == 1:
                     target = found[0].id
             if target is None:
@@ -161,7 +161,7 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
             if rid:
                 target = rid
             elif pairs:
-                found = matches(rtype, pairs)
+                found = surviving(rtype, pairs)
                 target = found[0].id if len(found) == 1 else None
                 if target is None and not found:
                     target = new_id()

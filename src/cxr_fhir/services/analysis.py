@@ -72,10 +72,7 @@ class AnalysisService:
             stuck = s.exec(select(Study).where(col(Study.status).in_(("queued", "analyzing")),
                                                col(Study.deleted_at).is_(None), Study.updated_at < cutoff)).all()
             for row in stuck:
-                failed = StudyRepository(s).update(row.id, {"status": "failed", "failure_reason":
-                                                            "interrupted: the service stopped during the analysis; "
-                                                            "upload the image again"}, actor="system")
-                projection.study(s, failed)
+                _fail(s, row.id, "interrupted: the service stopped during the analysis; upload the image again")
         if stuck:
             log.warning("interrupted analyses marked failed", extra={"count": len(stuck)})
         return len(stuck)
@@ -111,10 +108,7 @@ class AnalysisService:
         (a start-up sweep is to mark studies left 'analyzing' as failed)."""
         try:
             with session_scope(self.engine) as s:
-                failed = StudyRepository(s).update(study.id, {"status": "failed", "failure_reason": reason},
-                                                   actor="system")
-                projection.study(s, failed)
-                return failed
+                return _fail(s, study.id, reason)
         except Exception:
             log.exception("could not mark study failed", extra={"study": study.id})
             return study
@@ -146,6 +140,13 @@ class AnalysisService:
                 status="queued", uploaded_by=actor), actor=actor)
             projection.study(s, study)
             return study
+
+
+def _fail(s, study_id: str, reason: str) -> Study:
+    """A study ends failed with its reason, in the API as on the pages."""
+    failed = StudyRepository(s).update(study_id, {"status": "failed", "failure_reason": reason}, actor="system")
+    projection.study(s, failed)
+    return failed
 
 
 __all__ = ["AnalysisService", "ImageRejected", "Uploaded"]

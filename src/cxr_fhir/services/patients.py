@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from ..domain.text import has_control
 from ..fhir import projection
 from ..storage.db import session_scope
 from ..storage.repositories import PatientRepository
@@ -52,7 +53,7 @@ def _text(value: str | None, field: str, limit: int, errors: dict[str, str], req
         value = ""
     # Control characters have no place in a name or MRN; normalise so look-alikes compare equal.
     value = unicodedata.normalize("NFC", value).strip()
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if has_control(value):
         errors[field] = "contains control characters"
     elif len(value) > limit:
         errors[field] = f"at most {limit} characters"

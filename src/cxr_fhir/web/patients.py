@@ -13,6 +13,7 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from sqlmodel import Session
 
+from ..domain.text import has_control
 from ..services.patients import GENDERS, PatientInput, PatientInvalid, PatientService
 from ..storage.errors import Gone, NotFound, VersionConflict
 from ..storage.repositories import PatientRepository
@@ -75,7 +76,7 @@ class PatientController(Controller):
         svc = services(request)
         level = int(triage) if triage.isdecimal() and 1 <= int(triage) <= 5 else None
         page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
-        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in q + er_area):
+        if has_control(q + er_area):
             # No name or MRN holds one (registration refuses them); SQLite would end the text at U+0000
             # (matching everyone) and PostgreSQL refuses it outright.
             rows, total = [], 0
