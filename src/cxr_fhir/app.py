@@ -20,7 +20,9 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .fhir.routes import fhir_error_response, fhir_router, is_fhir_path
+from .api.fhir.routes import fhir_error_response
+from .api.fhir.routes import fhir_router
+from .api.fhir.routes import is_fhir_path
 from .services.analysis import AnalysisService
 from .services.queue import InferenceQueue
 from .settings import Settings

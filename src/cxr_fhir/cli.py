@@ -28,14 +28,14 @@ def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from .storage import migrate
     from .storage.db import make_engine
 
-    from .fhir.projection import backfill
-    from .storage.db import session_scope
+    from .storage.fhir.projection import backfill
+    from .storage.db import writing
 
     engine = make_engine(settings.effective_database_url)
     before, after = migrate.upgrade(engine, settings.migrations_dir)
     print(f"schema at {after}" + (" (unchanged)" if before == after else f" (was {before or 'empty'})"))
     # Rows stored before the FHIR store existed become visible to the FHIR API.
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         counts = backfill(s)
     if any(counts.values()):
         print("projected into the FHIR store: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
@@ -44,7 +44,7 @@ def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     from .security.users import UserError, create_user
-    from .storage.db import make_engine, session_scope
+    from .storage.db import make_engine, writing
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -55,7 +55,7 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     engine = make_engine(settings.effective_database_url)
     try:
-        with session_scope(engine) as session:
+        with writing(engine) as session:
             user = create_user(session, args.username, password, args.role)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -227,12 +227,12 @@ def _cmd_clients(args: argparse.Namespace, settings: Settings) -> int:
     from sqlmodel import select
 
     from .security.clients import ClientError, create_client, revoke_client
-    from .storage.db import make_engine, session_scope
+    from .storage.db import make_engine, writing
     from .storage.tables import ApiClient
 
     engine = make_engine(settings.effective_database_url)
     try:
-        with session_scope(engine) as session:
+        with writing(engine) as session:
             if args.clients_command == "create":
                 client, token = create_client(session, args.name, args.scope, created_by="cli")
                 print(f"created client {client.name} with scopes {' '.join(client.scopes)}")
@@ -282,7 +282,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     from .services.outbox import OutboxService, RetryRefused
     from .storage.db import make_engine
-    from .storage.errors import NotFound
+    from .domain.errors import NotFound
 
     service = OutboxService(make_engine(settings.effective_database_url))
     if args.outbox_command == "retry":

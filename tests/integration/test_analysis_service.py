@@ -13,8 +13,8 @@ from cxr_fhir.imaging import ImageRejected
 from cxr_fhir.inference.pipeline import Pipeline
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.settings import PROJECT_ROOT
-from cxr_fhir.storage.db import session_scope
-from cxr_fhir.storage.errors import NotFound
+from cxr_fhir.storage.db import writing
+from cxr_fhir.domain.errors import NotFound
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
 from cxr_fhir.storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
@@ -27,7 +27,7 @@ def pipeline(tmp_path_factory) -> Pipeline:
 
 @pytest.fixture
 def patient_id(engine) -> str:
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         return PatientRepository(s).create(Patient(mrn="MRN-9", mrn_system="urn:oid:1.2", family="Doe",
                                                    given="Ann", birth_date=date(1960, 1, 2)), actor="t").id
 
@@ -53,7 +53,7 @@ def test_upload_stores_study_analysis_report_and_overlays(engine, pipeline, pati
     assert all(images.exists(h) for h in up.analysis.overlays.values())
     assert up.report.status == "preliminary" and "Triage priority" in up.report.conclusion
     assert _count(engine, OutboxDelivery) == 1
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         assert [h.operation for h in StudyRepository(s).history(up.study.id)] == ["update", "create"]
 
 
@@ -105,7 +105,7 @@ def test_a_failure_after_inference_still_ends_failed(engine, pipeline, patient_i
 
     def run_then_delete(image, **kw):
         result = real_run(image, **kw)
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             study = s.exec(select(Study)).one()
             StudyRepository(s).soft_delete(study.id, actor="dr.b")
         return result
@@ -115,6 +115,6 @@ def test_a_failure_after_inference_still_ends_failed(engine, pipeline, patient_i
     up = service.upload(patient_id, data, "x" * 400 + ".png", actor="dr.a")
     assert up.analysis is None and up.report is None
     assert _count(engine, Analysis) == 0 and _count(engine, Report) == 0
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         stored = StudyRepository(s).get(up.study.id, include_deleted=True)
         assert stored.deleted_at is not None and len(stored.original_filename) == 255

@@ -59,7 +59,7 @@ def test_corrupt_weights_keep_the_service_unready_and_fhir_analyze_says_why(sett
 
     from cxr_fhir.security.clients import create_client
     from cxr_fhir.settings import PROJECT_ROOT
-    from cxr_fhir.storage.db import session_scope
+    from cxr_fhir.storage.db import writing
 
     weights = tmp_path / "weights"
     shutil.copytree(PROJECT_ROOT / "weights", weights)
@@ -67,7 +67,7 @@ def test_corrupt_weights_keep_the_service_unready_and_fhir_analyze_says_why(sett
     blob.write_bytes(blob.read_bytes()[:-100] + b"\0" * 100)  # a damaged copy, same size
     engine = make_engine(settings.effective_database_url)
     migrate.upgrade(engine, settings.migrations_dir)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         token = create_client(s, "c", ["system/*.*"], created_by="t")[1]
     settings.load_models, settings.weights_dir = True, weights
     with TestClient(app=create_app(settings)) as client:

@@ -7,13 +7,13 @@ from sqlmodel import Session, select
 
 from cxr_fhir.fhir import mapping
 from cxr_fhir.security.audit import record
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.tables import AuditEvent
 from support.fhir_validator import validate
 
 
 def test_events_are_recorded_and_valid_fhir(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         record(s, action="R", subtype="read", agent_type="client", agent_id="ehr-bridge", entity_type="Patient",
                entity_id="p-1", source_ip="127.0.0.1")
         record(s, action="E", subtype="search-type", agent_type="user", agent_id="dr.a", entity_type="Patient",
@@ -34,5 +34,5 @@ def test_events_are_recorded_and_valid_fhir(engine):
 
 def test_nonsense_is_refused(engine):
     with pytest.raises(ValueError):
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             record(s, action="X", subtype="read", agent_type="user", agent_id="a")

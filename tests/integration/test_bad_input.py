@@ -27,7 +27,7 @@ from cxr_fhir.security.clients import create_client
 from cxr_fhir.security.users import create_user
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from support.images import dicom_from_png, png8
 
 FHIR = "application/fhir+json"
@@ -101,7 +101,7 @@ def fhir(tmp_path, db_url, engine) -> Iterator[tuple[Api, callable]]:
     settings = Settings(runtime_dir=tmp_path / "var", database_url=db_url, load_models=False,
                         max_upload_bytes=SMALL_LIMIT, _env_file=None)
     app = create_app(settings)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         token = create_client(s, "fuzzer", ["system/*.*", "system/AuditEvent.read"], created_by="test")[1]
     with TestClient(app) as client:
         api = Api(client, token)
@@ -343,7 +343,7 @@ def loaded(tmp_path_factory, shared_data):
     app = create_app(settings)
     engine = app.state.services.engine
     migrate.upgrade(engine, settings.migrations_dir)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         token = create_client(s, "uploader", ["system/*.*"], created_by="test")[1]
         create_user(s, "dr.grey", PASSWORD, "doctor")
     radiograph = sorted((shared_data / "nih" / "originals").glob("*.png"))[0].read_bytes()
@@ -543,7 +543,7 @@ def test_digits_that_are_not_decimal_are_4xx(fhir):
 
 def test_web_forms_with_non_decimal_digits_are_not_500(tmp_path, db_url, engine):
     settings = Settings(runtime_dir=tmp_path / "var", database_url=db_url, load_models=False, _env_file=None)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         create_user(s, "dr.grey", PASSWORD, "doctor")
     with TestClient(create_app(settings)) as client:
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)

@@ -11,31 +11,31 @@ import pytest
 from sqlmodel import Session, select
 
 from cxr_fhir.security.clients import ClientError, allows, authenticate, create_client, revoke_client
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.tables import ApiClient
 
 
 def test_token_is_stored_hashed_and_revocable(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         client, token = create_client(s, "ehr-bridge", ["system/Patient.read", "system/DiagnosticReport.*"], "admin")
     with Session(engine) as s:
         row = s.exec(select(ApiClient)).one()
         assert token not in row.token_sha256 and len(row.token_sha256) == 64
         assert authenticate(s, token).name == "ehr-bridge"
         assert authenticate(s, token + "x") is None and authenticate(s, "Bearer " + token) is None
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         revoke_client(s, "ehr-bridge")
     with Session(engine) as s:
         assert authenticate(s, token) is None
     with pytest.raises(ClientError, match="already exists"):
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             create_client(s, "ehr-bridge", ["system/*.read"], "admin")
 
 
 @pytest.mark.parametrize("scopes", [[], ["patient/Patient.read"], ["system/Patient.delete"], ["system/patient.read"]])
 def test_bad_scopes_are_refused(engine, scopes):
     with pytest.raises(ClientError):
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             create_client(s, "x", scopes, None)
 
 

@@ -28,7 +28,7 @@ from cxr_fhir.security.clients import create_client
 from cxr_fhir.services.reports import ReportService
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import make_engine, session_scope
+from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
 from cxr_fhir.storage.types import utcnow
@@ -398,7 +398,7 @@ def test_app_runs_the_worker_and_ready_shows_the_backlog(tmp_path, ehr, images):
         assert r.json()["checks"]["ehr_outbox"] == {"pending": 0, "dead": 0}
         assert r.json()["checks"]["ehr_push"].startswith("enabled")
         # The FHIR API shows the delivery status on the report, without a new report version.
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             token = create_client(s, "ehr-status", ["system/DiagnosticReport.read"], created_by="t")[1]
         auth = {"Authorization": f"Bearer {token}"}
         dr = client.get(f"/fhir/DiagnosticReport/{made.report_id}", headers=auth).json()
@@ -416,7 +416,7 @@ def test_a_worker_whose_lease_ran_out_does_not_settle_another_workers_claim(sqli
     made = make_report(sqlite_engine, images)
     slow, other = (_worker(sqlite_engine, images, "http://127.0.0.1:9", worker_id=w) for w in ("slow", "other"))
     assert slow.claim() == made.outbox_id
-    with session_scope(sqlite_engine) as s:  # the slow worker's send outlived its lease
+    with writing(sqlite_engine) as s:  # the slow worker's send outlived its lease
         s.get(OutboxDelivery, made.outbox_id).claimed_until = utcnow() - timedelta(seconds=1)
     assert other.claim() == made.outbox_id
     assert slow._record(made.outbox_id, made.report_id, 1, None, TransientError("timed out")) == "pending"

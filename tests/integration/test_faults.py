@@ -13,7 +13,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.services.queue import InferenceQueue, Saturated
 from cxr_fhir.settings import Settings
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
 from cxr_fhir.storage.tables import Patient, Study
 from cxr_fhir.storage.types import utcnow
@@ -32,7 +32,7 @@ def test_queue_admits_up_to_capacity_then_refuses_with_a_wait():
 
 
 def test_interrupted_studies_are_failed_visibly_and_recent_ones_left_alone(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn="F1", mrn_system="urn:x", family="Doe"), actor="t")
         ids = {}
         for name, status in (("old-queued", "queued"), ("old-analyzing", "analyzing"), ("recent", "queued"),

@@ -16,7 +16,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.domain.findings import FINDINGS
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from support import us_core
 from support.fhir_validator import validate
 from support.images import dicom_from_png, png8
@@ -34,7 +34,7 @@ def env(tmp_path_factory, shared_data) -> Iterator[tuple[TestClient, str, list[P
     from cxr_fhir.storage import migrate
 
     migrate.upgrade(app.state.services.engine, settings.migrations_dir)
-    with session_scope(app.state.services.engine) as s:
+    with writing(app.state.services.engine) as s:
         token = create_client(s, "analyzer", ["system/*.*"], created_by="test")[1]
     with TestClient(app, timeout=120) as client:
         assert app.state.services.models is not None, app.state.services.model_error
@@ -125,7 +125,7 @@ def test_analyze_raw_png_and_serve_every_ai_resource(env):
                   f"ImagingStudy?identifier={study['identifier'][0]['value']}&started=ge2000"):
         assert client.get(f"/fhir/{query}", headers=auth).json()["total"] == 1, query
 
-    with session_scope(client.app.state.services.engine) as s:
+    with writing(client.app.state.services.engine) as s:
         auditor = create_client(s, "auditor", ["system/AuditEvent.read"], created_by="test")[1]
     binary = client.get(f"/fhir/{overlay}", headers=auth).json()  # JSON when image bytes are not asked for
     assert binary["resourceType"] == "Binary" and binary["contentType"] == "image/png"
@@ -228,7 +228,7 @@ def test_analyze_refusals(env):
         {"name": "image", "resource": {"resourceType": "Binary", "contentType": "image/png", "data": "@@@"}}]}
     assert client.post("/fhir/ImagingStudy/$analyze", content=json.dumps(bad64), headers=_h(token)).status_code == 400
     reader = None
-    with session_scope(client.app.state.services.engine) as s:
+    with writing(client.app.state.services.engine) as s:
         reader = create_client(s, "reader-an", ["system/ImagingStudy.read"], created_by="test")[1]
     r = client.post(f"/fhir/ImagingStudy/$analyze?subject=Patient/{pid}", content=images[0].read_bytes(),
                     headers=_h(reader, "image/png"))
@@ -272,7 +272,8 @@ def test_database_failing_after_the_study_is_stored_is_not_a_503_to_retry(env, m
     error after the study and report are committed must say so instead (no second study on retry)."""
     from sqlalchemy.exc import OperationalError
 
-    from cxr_fhir.fhir import analyze, store
+    from cxr_fhir.api.fhir import analyze
+    from cxr_fhir.storage.fhir import store
 
     client, token, images = env
     pid = _patient(client, token, "AN-7")

@@ -17,7 +17,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.fhir.search_params import PARAMS
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.tables import AuditEvent, FhirResource, Patient
 from support.fhir_validator import validate
 
@@ -69,7 +69,7 @@ def seen() -> Iterator[list[dict]]:
 
 
 def _token(engine, name: str, scopes: list[str]) -> str:
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         return create_client(s, name, scopes, created_by="test")[1]
 
 

@@ -12,7 +12,7 @@ from cxr_fhir.fhir import mapping
 from cxr_fhir.inference.pipeline import Pipeline
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.settings import PROJECT_ROOT
-from cxr_fhir.storage.db import make_engine, session_scope
+from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository
@@ -27,7 +27,7 @@ def uploaded(tmp_path_factory, shared_data):
     migrate.upgrade(engine, PROJECT_ROOT / "migrations")
     images = ImageStore(root / "img")
     pipeline = Pipeline(PROJECT_ROOT / "weights", root, threads=2)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn="MRN-77", mrn_system="urn:oid:2.16.840.1.113883.3.9999.1",
                                                 family="Ñúñez", given="Ana María", birth_date=date(1955, 3, 4),
                                                 sex="female"), actor="t")

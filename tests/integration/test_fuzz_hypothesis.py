@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from litestar.testing import TestClient
 
 from cxr_fhir.app import create_app
-from cxr_fhir.fhir.index import date_range
+from cxr_fhir.storage.fhir.index import date_range
 from cxr_fhir.fhir.search_params import PARAMS
-from cxr_fhir.fhir.store import _unescape, split_escaped
+from cxr_fhir.storage.fhir.store import _unescape, split_escaped
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 
 FHIR = "application/fhir+json"
 MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
@@ -45,7 +45,7 @@ def api(tmp_path_factory) -> Iterator[tuple[TestClient, dict[str, str]]]:
     settings_ = Settings(runtime_dir=root / "var", load_models=False, _env_file=None)
     app = create_app(settings_)
     migrate.upgrade(app.state.services.engine, settings_.migrations_dir)
-    with session_scope(app.state.services.engine) as s:
+    with writing(app.state.services.engine) as s:
         token = create_client(s, "hypothesis", ["system/*.*"], created_by="test")[1]
     headers = {"Authorization": f"Bearer {token}", "Accept": FHIR}
     with TestClient(app) as client:
@@ -267,7 +267,7 @@ def test_date_range_is_a_nonempty_interval_containing_the_instant(moment, offset
 @given(st.text(max_size=30))
 def test_date_range_refuses_or_answers_an_interval_for_any_text(text):
     RAN["date-range-junk"] += 1
-    from cxr_fhir.fhir.index import BadDate
+    from cxr_fhir.storage.fhir.index import BadDate
 
     try:
         lo, hi = date_range(text)

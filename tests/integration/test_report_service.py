@@ -6,15 +6,15 @@ import pytest
 from sqlmodel import Session, select
 
 from cxr_fhir.services.reports import ReportService, ReportStateError, StudyService
-from cxr_fhir.storage.db import session_scope
-from cxr_fhir.storage.errors import Gone, VersionConflict
+from cxr_fhir.storage.db import writing
+from cxr_fhir.domain.errors import Gone, VersionConflict
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from cxr_fhir.storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 
 
 @pytest.fixture
 def report_id(engine) -> str:
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn="M1", mrn_system="urn:x", family="Doe"), actor="t")
         st = StudyRepository(s).create(Study(patient_id=p.id, content_sha256="a" * 64, media_type="image/png",
                                              size_bytes=1, status="analyzed"), actor="t")
@@ -48,16 +48,16 @@ def test_rules_refuse_without_writing(engine, report_id):
         svc.amend(report_id, "text", actor="dr.a")  # still preliminary
     with pytest.raises(ReportStateError):
         svc.confirm(report_id, actor="dr.a", conclusion="   ")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         assert ReportRepository(s).get(report_id).version_id == 1
     assert _outbox(engine) == []
 
 
 def test_delete_study_cancels_report_and_keeps_history(engine, report_id):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         study_id = ReportRepository(s).get(report_id).study_id
     StudyService(engine, push_enabled=False).delete(study_id, actor="dr.a")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         with pytest.raises(Gone):
             StudyRepository(s).get(study_id)
         assert ReportRepository(s).get(report_id).status == "cancelled"

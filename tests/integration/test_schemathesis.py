@@ -19,7 +19,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 
 ARTIFACT = PROJECT_ROOT / "test-artifacts" / "fuzz" / "schemathesis.json"
 CASES_PER_MODE = 100  # per operation and generation mode (and once more with rid = SEEDED)
@@ -32,7 +32,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     app = create_app(settings)
     engine = app.state.services.engine
     migrate.upgrade(engine, settings.migrations_dir)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         token = create_client(s, "schemathesis", ["system/*.*", "system/AuditEvent.read"], created_by="test")[1]
     auth = {"Authorization": f"Bearer {token}"}
     # Resources under a known id, so that the cases with rid=SEEDED reach the stored ones.
@@ -98,7 +98,7 @@ def test_web_pages_get_no_server_error_from_generated_requests(tmp_path):
     settings = Settings(runtime_dir=tmp_path / "var", load_models=False, _env_file=None)
     app = create_app(settings)
     migrate.upgrade(app.state.services.engine, settings.migrations_dir)
-    with session_scope(app.state.services.engine) as s:
+    with writing(app.state.services.engine) as s:
         create_user(s, "admin", "correct-horse-battery", "admin")
     with TestClient(app) as client:
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from cxr_fhir.storage.db import session_scope
-from cxr_fhir.storage.errors import Gone, NotFound, VersionConflict
+from cxr_fhir.storage.db import writing
+from cxr_fhir.domain.errors import Gone, NotFound, VersionConflict
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
 from cxr_fhir.storage.tables import Patient, ResourceVersion, Study
 
@@ -22,19 +22,19 @@ def _patient(**kw) -> Patient:
 
 
 def test_create_read_update_keeps_every_version(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(_patient(), actor="dr.house")
         pid = p.id
         assert p.version_id == 1
 
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         repo = PatientRepository(s)
         p = repo.get(pid)
         assert (p.family, p.birth_date, p.created_at.tzinfo is not None) == ("Doe", date(1970, 5, 1), True)
         updated = repo.update(pid, {"family": "Smith", "triage_level": 1}, actor="dr.cuddy", expected_version=1)
         assert updated.version_id == 2
 
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         repo = PatientRepository(s)
         assert repo.get(pid).family == "Smith"
         history = repo.history(pid)
@@ -45,26 +45,26 @@ def test_create_read_update_keeps_every_version(engine):
 
 
 def test_stale_version_is_refused_and_nothing_changes(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         pid = PatientRepository(s).create(_patient(), actor="a").id
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         PatientRepository(s).update(pid, {"given": "Janet"}, actor="a")
     with pytest.raises(VersionConflict):
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             PatientRepository(s).update(pid, {"given": "Joan"}, actor="b", expected_version=1)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).get(pid)
         assert (p.given, p.version_id) == ("Janet", 2)
 
 
 def test_soft_delete_keeps_row_and_history(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         pid = PatientRepository(s).create(_patient(), actor="a").id
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         d = PatientRepository(s).soft_delete(pid, actor="dr.who")
         assert d.deleted_by == "dr.who" and d.version_id == 2
         PatientRepository(s).soft_delete(pid, actor="dr.who")  # idempotent
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         repo = PatientRepository(s)
         with pytest.raises(Gone):
             repo.get(pid)
@@ -78,13 +78,13 @@ def test_soft_delete_keeps_row_and_history(engine):
 
 
 def test_patient_search_and_study_foreign_key(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         repo = PatientRepository(s)
         a = repo.create(_patient(mrn="A1", family="Alvarez", er_area="resus"), actor="a")
         repo.create(_patient(mrn="B2", family="Brown", er_area="minors", triage_level=4), actor="a")
         StudyRepository(s).create(Study(patient_id=a.id, content_sha256="a" * 64, media_type="image/png",
                                         size_bytes=10), actor="a")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         repo = PatientRepository(s)
         rows, total = repo.search("alv")
         assert total == 1 and rows[0].mrn == "A1"
@@ -96,30 +96,30 @@ def test_patient_search_and_study_foreign_key(engine):
         assert len(StudyRepository(s).for_patient(a.id)) == 1
         assert s.exec(select(ResourceVersion).where(ResourceVersion.resource_type == "Study")).first() is not None
     with pytest.raises(IntegrityError):  # foreign keys are enforced on SQLite too
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             StudyRepository(s).create(Study(patient_id="missing", content_sha256="b" * 64,
                                             media_type="image/png", size_bytes=1), actor="a")
 
 
 def test_managed_fields_cannot_be_overwritten(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         pid = PatientRepository(s).create(_patient(), actor="a").id
     with pytest.raises(ValueError):
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             PatientRepository(s).update(pid, {"version_id": 99}, actor="a")
 
 
 def test_a_stale_copy_in_the_session_cannot_win(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         pid = PatientRepository(s).create(_patient(), actor="a").id
-    with session_scope(engine) as a_session:
+    with writing(engine) as a_session:
         mine = PatientRepository(a_session).get(pid)  # version 1 now sits in this session
         assert mine.version_id == 1
         if engine.dialect.name == "sqlite":
             # SQLite: a unit of work holds the write lock from its start (BEGIN IMMEDIATE), so the
             # other writer can only come in after this one ends its transaction.
             a_session.rollback()
-        with session_scope(engine) as other:
+        with writing(engine) as other:
             PatientRepository(other).update(pid, {"given": "Other"}, actor="b")
         with pytest.raises(VersionConflict):
             PatientRepository(a_session).update(pid, {"given": "Mine"}, actor="a", expected_version=1)
@@ -127,17 +127,18 @@ def test_a_stale_copy_in_the_session_cannot_win(engine):
 
 def test_rows_from_before_the_fhir_store_are_projected_once(engine):
     """Data stored before migration 0003 (rows without FHIR resources) become visible to the API."""
-    from cxr_fhir.fhir import projection, store
+    from cxr_fhir.storage.fhir import projection
+    from cxr_fhir.storage.fhir import store
     from cxr_fhir.storage.repositories import StudyRepository
     from cxr_fhir.storage.tables import FhirResource, Study
 
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(_patient(), actor="old")
         st = StudyRepository(s).create(Study(patient_id=p.id, content_sha256="d" * 64, media_type="image/png",
                                              size_bytes=1, status="failed"), actor="old")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         assert projection.backfill(s) == {"Patient": 1, "ImagingStudy": 1, "DiagnosticReport": 0}
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         assert projection.backfill(s) == {"Patient": 0, "ImagingStudy": 0, "DiagnosticReport": 0}
         assert store.read(s, "Patient", p.id).content["name"][0]["family"] == p.family
         assert store.read(s, "ImagingStudy", st.id).version_id == st.version_id
@@ -145,7 +146,7 @@ def test_rows_from_before_the_fhir_store_are_projected_once(engine):
 
 
 def test_patient_search_folds_case_beyond_ascii(engine):
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         PatientRepository(s).create(_patient(family="ZOË", given="ÅSA", mrn="U-1"), actor="t")
         rows, total = PatientRepository(s).search("zoë")
         assert total == 1 and rows[0].family == "ZOË"

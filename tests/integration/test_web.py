@@ -12,7 +12,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.security.users import create_user
 from cxr_fhir.services.patients import PatientInput, PatientService
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import make_engine, session_scope
+from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.tables import AuditEvent, User, WebSession
 
 PASSWORD = "correct-horse-battery"
@@ -23,7 +23,7 @@ def app_settings(settings, db_url):
     settings.database_url = db_url
     engine = make_engine(db_url)
     migrate.upgrade(engine, settings.migrations_dir)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         create_user(s, "dr.grey", PASSWORD, "doctor")
         create_user(s, "admin", PASSWORD, "admin")
     engine.dispose()

@@ -28,7 +28,7 @@ from cxr_fhir.security.users import create_user
 from cxr_fhir.services.outbox import OutboxService
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage import migrate
-from cxr_fhir.storage.db import make_engine, session_scope
+from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
 from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery, Patient, Study
@@ -55,7 +55,7 @@ def open_app(tmp_path):
             engine = make_engine(settings.effective_database_url)
             stack.callback(engine.dispose)
             migrate.upgrade(engine, settings.migrations_dir)
-            with session_scope(engine) as s:
+            with writing(engine) as s:
                 create_user(s, "dr.grey", PASSWORD, "doctor")
                 create_user(s, "admin", PASSWORD, "admin")
             client = stack.enter_context(TestClient(app=create_app(settings)))
@@ -233,7 +233,7 @@ def test_admin_deliveries_page_filters_and_retries(open_app, ehr):
 
 def _study_without_results(engine, status: str, reason: str | None = None) -> tuple[str, str]:
     """A patient and a study as the analysis service leaves it while waiting, or after a failure."""
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn=f"MRN-{uuid.uuid4().hex[:10]}", mrn_system=MRN_SYSTEM,
                                                 family=f"Waiting-{status}", sex="unknown"), actor="t")
         st = StudyRepository(s).create(Study(

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from cxr_fhir.fhir import projection
+from cxr_fhir.storage.fhir import projection
 from cxr_fhir.services.reports import enqueue_delivery
-from cxr_fhir.storage.db import session_scope
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from cxr_fhir.storage.tables import Analysis, Patient, Report, Study
@@ -39,7 +39,7 @@ def overlay_png() -> bytes:
 
 def make_report(engine, images: ImageStore, queue: bool = True, mrn: str | None = None) -> Made:
     mrn = mrn or f"MRN-{uuid.uuid4().hex[:10]}"
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn=mrn, mrn_system=MRN_SYSTEM, family="Testperson",
                                                 given="Ada", sex="female"), actor="t")
         uid = generate_uid()

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from cxr_fhir.fhir.analyze import server_timing
+from cxr_fhir.api.fhir.analyze import server_timing
 from cxr_fhir.loadtest import mark, parse_server_timing, percentiles
 
 

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from ..fhir import mapping
 from ..fhir.bundles import ehr_transaction
 from ..security import audit
-from ..storage.db import session_scope
+from ..storage.db import writing
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from ..storage.tables import Analysis, OutboxDelivery
@@ -139,13 +139,13 @@ class DeliveryWorker:
                 .where(OutboxDelivery.id == candidate.scalar_subquery(), _claimable(now))
                 .values(claimed_by=self.worker_id, claimed_until=now + self.policy.lease)
                 .returning(OutboxDelivery.id))
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return s.exec(stmt).scalars().first()
 
     # -- deliver --------------------------------------------------------------------------
     def deliver(self, row_id: str) -> str:
         """Send one claimed delivery; returns its new status (pending, delivered or dead)."""
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             row = s.get(OutboxDelivery, row_id)
             if row is None or row.status != "pending" or row.claimed_by != self.worker_id:
                 return row.status if row else "gone"
@@ -171,7 +171,7 @@ class DeliveryWorker:
 
     def _record(self, row_id, report_id, attempt, result, error: DeliveryError | None) -> str:
         now = utcnow()
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             row = s.exec(select(OutboxDelivery).where(OutboxDelivery.id == row_id).with_for_update()
                          .execution_options(populate_existing=True)).one()
             if row.status != "pending":  # settled meanwhile (our lease ran out): keep that, audit ours

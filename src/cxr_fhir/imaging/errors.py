@@ -1,6 +1,7 @@
-class ImageRejected(ValueError):
-    """The file is not an acceptable chest radiograph. ``code`` is stable, ``reason`` is for people."""
+"""The imaging room's refusal: one kind of the taxonomy's Refused."""
 
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
+from ..domain.errors import Refused
+
+
+class ImageRejected(Refused):
+    """The file is not an acceptable chest radiograph. ``code`` is stable, ``reason`` is for people."""

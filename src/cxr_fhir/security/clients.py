@@ -8,6 +8,7 @@ import secrets
 
 from sqlmodel import Session, select
 
+from ..domain.errors import Invalid
 from ..storage.tables import ApiClient
 from ..storage.types import utcnow
 
@@ -16,8 +17,8 @@ _SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|write|\*)$")
 TOKEN_PREFIX = "cxr_"
 
 
-class ClientError(ValueError):
-    pass
+class ClientError(Invalid):
+    """An API client cannot be made or changed as asked."""
 
 
 def _digest(token: str) -> str:

@@ -6,6 +6,7 @@ import re
 
 from sqlmodel import Session
 
+from ..domain.errors import Invalid
 from ..storage.repositories import UserRepository
 from ..storage.tables import User
 from .passwords import hash_password
@@ -14,8 +15,8 @@ ROLES = ("doctor", "admin")
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
-class UserError(ValueError):
-    pass
+class UserError(Invalid):
+    """A user account cannot be made or changed as asked."""
 
 
 def create_user(session: Session, username: str, password: str, role: str,

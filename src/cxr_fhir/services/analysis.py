@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from ..domain.report import conclusion
-from ..fhir import projection
+from ..storage.fhir import projection
 from ..imaging import ImageRejected, XRayImage, load
-from ..storage.db import session_scope
-from ..storage.errors import StoreUnavailable
+from ..storage.db import writing
+from ..domain.errors import Unavailable
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from ..storage.tables import Analysis, Report, Study
@@ -51,7 +51,7 @@ class AnalysisService:
 
     def upload(self, patient_id: str, data: bytes, filename: str | None, actor: str) -> Uploaded:
         """Raises ImageRejected (nothing stored), Saturated (queue full, nothing stored),
-        StoreUnavailable (image store or database failing, nothing half-written) or storage
+        Unavailable (image store or database failing, nothing half-written) or storage
         NotFound/Gone for the patient."""
         image = load(data, self.max_image_pixels)
         with self.queue.admitted():
@@ -68,7 +68,7 @@ class AnalysisService:
         """Studies left queued or analysing by a process that died: mark them failed, visibly.
         Only those older than any analysis could take, so another instance's work is untouched."""
         cutoff = utcnow() - older_than
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             stuck = s.exec(select(Study).where(col(Study.status).in_(("queued", "analyzing")),
                                                col(Study.deleted_at).is_(None), Study.updated_at < cutoff)).all()
             for row in stuck:
@@ -83,7 +83,7 @@ class AnalysisService:
             overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
         except OSError:  # the overlays are part of the result: without them the study fails, visibly
             return Uploaded(self._mark_failed(study, "the image store cannot be written (overlays)"), None, None)
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             analysis = Analysis(study_id=study.id, model_name=result.model["name"],
                                 model_version=result.model["version"], manifest_sha256=result.model["manifest_sha256"],
                                 probabilities=result.probabilities, top3=result.top3, boxes=result.boxes,
@@ -107,7 +107,7 @@ class AnalysisService:
         """Best effort: a study deleted meanwhile, or a database that is down, keeps its last state
         (a start-up sweep is to mark studies left 'analyzing' as failed)."""
         try:
-            with session_scope(self.engine) as s:
+            with writing(self.engine) as s:
                 return _fail(s, study.id, reason)
         except Exception:
             log.exception("could not mark study failed", extra={"study": study.id})
@@ -118,13 +118,13 @@ class AnalysisService:
         upload of the same bytes may already point at this one. A file whose row failed is garbage,
         harmless, and left to a sweep; a row without its file cannot happen."""
         md = image.metadata
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
             try:
                 digest = self.images.put(data)
             except OSError as exc:  # disk full, read-only, permissions: no file, so no row either
                 log.error("image store write failed", extra={"error": type(exc).__name__})
-                raise StoreUnavailable(f"the image store cannot be written ({exc.strerror or type(exc).__name__})") \
+                raise Unavailable(f"the image store cannot be written ({exc.strerror or type(exc).__name__})") \
                     from exc
             study = StudyRepository(s).create(Study(
                 patient_id=patient_id, content_sha256=digest, original_filename=(filename or "")[:255] or None,

@@ -9,15 +9,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from ..security import audit
-from ..storage.db import session_scope
-from ..storage.errors import NotFound
+from ..storage.db import reading, writing
+from ..domain.errors import BusinessRule, NotFound
 from ..storage.tables import OutboxDelivery
 from ..storage.types import utcnow
 
 FHIR_CODE = {"pending": "pending", "delivered": "delivered", "dead": "failed"}
 
 
-class RetryRefused(ValueError):
+class RetryRefused(BusinessRule):
     """The delivery cannot be retried (already delivered, or a newer version replaces it)."""
 
 
@@ -56,12 +56,12 @@ class OutboxService:
 
     def status_for_report(self, report_id: str) -> DeliveryStatus | None:
         """The delivery of the report's newest version; None when it was never queued (push off)."""
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             row = newest(s, report_id)
             return _status(row) if row else None
 
     def list(self, status: str | None = None, limit: int = 100) -> list[OutboxDelivery]:
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             stmt = select(OutboxDelivery)
             if status:
                 stmt = stmt.where(OutboxDelivery.status == status)
@@ -69,14 +69,14 @@ class OutboxService:
 
     def backlog(self) -> dict[str, int]:
         """Counts for /ready: deliveries still to go, and dead letters awaiting an operator."""
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             rows = dict(s.exec(select(OutboxDelivery.status, func.count()).group_by(OutboxDelivery.status)).all())
         return {"pending": rows.get("pending", 0), "dead": rows.get("dead", 0)}
 
     def retry(self, outbox_id: str, actor: str) -> OutboxDelivery:
         """Queue a failed (or waiting) delivery for an attempt now, with a fresh attempt count.
         The age limit still counts from when the report changed, so a very old one gets one try."""
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             row = s.exec(select(OutboxDelivery).where(OutboxDelivery.id == outbox_id).with_for_update()).first()
             if row is None:
                 raise NotFound(f"outbox delivery {outbox_id} not found")

@@ -15,9 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from ..domain.errors import Duplicate, Invalid
 from ..domain.text import has_control
-from ..fhir import projection
-from ..storage.db import session_scope
+from ..storage.fhir import projection
+from ..storage.db import writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
 
@@ -26,12 +27,15 @@ EDITABLE = ("mrn", "mrn_system", "family", "given", "birth_date", "sex", "er_are
             "attending_doctor", "notes")
 
 
-class PatientInvalid(ValueError):
+class PatientInvalid(Invalid):
     """field -> message, for every field that is wrong."""
 
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
+
+class DuplicateMrn(Duplicate, PatientInvalid):
+    """The MRN is registered to another patient (a conflict, and a field error on the form)."""
+
+    def __init__(self) -> None:
+        PatientInvalid.__init__(self, {"mrn": "already registered to another patient"})
 
 
 @dataclass
@@ -96,7 +100,7 @@ class PatientService:
                  patient_id: str | None = None) -> Patient:
         """``fhir_extra``: the rest of a Patient posted over FHIR (telecom, address ...), kept as sent."""
         values = validate(data, self.default_mrn_system)
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.register_in(s, values, actor, fhir_extra, patient_id)
 
     def register_in(self, s: Session, values: dict[str, Any], actor: str, fhir_extra: dict[str, Any] | None = None,
@@ -109,14 +113,14 @@ class PatientService:
         try:
             row = repo.create(row, actor=actor)
         except IntegrityError as exc:  # registered by someone else a moment ago (unique index)
-            raise PatientInvalid({"mrn": "already registered to another patient"}) from exc
+            raise DuplicateMrn() from exc
         projection.patient(s, row, fhir_extra)
         return row
 
     def update(self, patient_id: str, data: PatientInput, actor: str, expected_version: int | None = None,
                fhir_extra: dict[str, Any] | None = None) -> Patient:
         values = validate(data, self.default_mrn_system)
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.update_in(s, patient_id, values, actor, expected_version, fhir_extra)
 
     def update_in(self, s: Session, patient_id: str, values: dict[str, Any], actor: str,
@@ -126,12 +130,12 @@ class PatientService:
         try:
             row = repo.update(patient_id, values, actor=actor, expected_version=expected_version)
         except IntegrityError as exc:
-            raise PatientInvalid({"mrn": "already registered to another patient"}) from exc
+            raise DuplicateMrn() from exc
         projection.patient(s, row, fhir_extra)
         return row
 
     def delete(self, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.delete_in(s, patient_id, actor, expected_version)
 
     def delete_in(self, s: Session, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
@@ -143,4 +147,4 @@ class PatientService:
         if values.get("mrn"):
             other = repo.by_mrn(values["mrn"], values["mrn_system"])
             if other is not None and other.id != patient_id:
-                raise PatientInvalid({"mrn": "already registered to another patient"})
+                raise DuplicateMrn()

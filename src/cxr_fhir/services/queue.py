@@ -12,11 +12,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..domain.errors import Unavailable
 
-class Saturated(Exception):
+
+class Saturated(Unavailable):
     def __init__(self, in_flight: int, retry_after_s: int):
-        super().__init__(f"the analysis queue is full ({in_flight} in progress); try again in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
+        super().__init__(f"the analysis queue is full ({in_flight} in progress); try again in {retry_after_s} s",
+                         retry_after_s)
 
 
 class InferenceQueue:

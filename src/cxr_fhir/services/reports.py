@@ -9,14 +9,15 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ..fhir import projection
-from ..storage.db import session_scope
+from ..domain.errors import BusinessRule
+from ..storage.fhir import projection
+from ..storage.db import writing
 from ..storage.repositories import ReportRepository, StudyRepository
 from ..storage.tables import OutboxDelivery, Report, Study
 from ..storage.types import utcnow
 
 
-class ReportStateError(ValueError):
+class ReportStateError(BusinessRule):
     """The change is not allowed from the report's current status."""
 
 
@@ -35,12 +36,12 @@ class ReportService:
     def confirm(self, report_id: str, actor: str, conclusion: str | None = None,
                 expected_version: int | None = None) -> Report:
         """preliminary -> final (the doctor may edit the conclusion while confirming)."""
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.confirm_in(s, report_id, actor, conclusion, expected_version)
 
     def amend(self, report_id: str, conclusion: str, actor: str, expected_version: int | None = None) -> Report:
         """final | amended -> amended with a new conclusion."""
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.amend_in(s, report_id, conclusion, actor, expected_version)
 
     def confirm_in(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
@@ -77,7 +78,7 @@ class StudyService:
     def delete(self, study_id: str, actor: str, expected_version: int | None = None) -> Study:
         """Logical delete: the study and its report leave the lists but stay in history and audit.
         A report already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return self.delete_in(s, study_id, actor, expected_version)
 
     def delete_in(self, s: Session, study_id: str, actor: str, expected_version: int | None = None) -> Study:

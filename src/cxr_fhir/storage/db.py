@@ -28,10 +28,10 @@ def make_engine(url: str) -> Engine:
 
 
 def _sqlite_begin(conn) -> None:
-    # A unit of work (session_scope) takes the write lock up front (IMMEDIATE): two deferred
+    # A writing unit of work takes the write lock up front (IMMEDIATE): two deferred
     # transactions that read and then both write deadlock, and SQLite answers one of them
     # "database is locked" at once instead of waiting out busy_timeout. Writers queue for the
-    # lock; plain reading sessions stay deferred and, in WAL, never wait for a writer.
+    # lock; reading units stay deferred and, in WAL, never wait for a writer.
     immediate = conn.get_execution_options().get("sqlite_immediate", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -50,8 +50,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on any error."""
+def writing(engine: Engine) -> Iterator[Session]:
+    """The unit of work that changes something: on SQLite it takes the write lock up front
+    (BEGIN IMMEDIATE); it commits on success and rolls back on any error."""
     bind = engine.execution_options(sqlite_immediate=True) if engine.dialect.name == "sqlite" else engine
     with Session(bind, expire_on_commit=False) as session:
         try:
@@ -60,3 +61,12 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """The unit of work that only reads: a deferred transaction (in WAL it never waits for a
+    writer and never blocks one). It never commits: closing it ends the transaction, so nothing
+    can be written through it, and what it loaded stays readable afterwards."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
-from .errors import Gone, NotFound, VersionConflict
+from ..domain.errors import Gone, NotFound, VersionConflict
 from .tables import AuditEvent, Patient, Report, ResourceVersion, Study, User, VersionedFields
 from .types import utcnow
 

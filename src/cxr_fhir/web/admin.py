@@ -16,8 +16,8 @@ from ..security import audit
 from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
 from ..services.outbox import OutboxService, RetryRefused
-from ..storage.errors import NotFound
-from ..storage.db import session_scope
+from ..domain.errors import NotFound
+from ..storage.db import reading, writing
 from ..storage.tables import ApiClient, AuditEvent, User
 from .common import audit_read, client_ip, page, services, user
 from .queries import DELIVERY_STATES, deliveries
@@ -39,7 +39,7 @@ class AdminController(Controller):
                      entity_type=entity_type, entity_id=entity_id, source_ip=client_ip(request), detail=detail)
 
     def _users_page(self, request: Request, status_code: int = 200, **extra: Any) -> Template:
-        with Session(services(request).engine) as s:
+        with reading(services(request).engine) as s:
             users = s.exec(select(User).order_by(User.username)).all()
         ctx = {"users": users, "roles": ROLES, "errors": {}, "values": {"role": "doctor"}, "message": None}
         return page(request, "admin/users.html", status_code=status_code, **{**ctx, **extra})
@@ -57,7 +57,7 @@ class AdminController(Controller):
         values = {"username": (data.get("username") or "").strip().lower(), "role": data.get("role") or "doctor",
                   "display_name": (data.get("display_name") or "").strip()}
         try:
-            with session_scope(services(request).engine) as s:
+            with writing(services(request).engine) as s:
                 made = create_user(s, values["username"], data.get("password") or "", values["role"],
                                    values["display_name"] or None)
                 self._admin_audit(request, s, "C", "user", "User", made.id, f"created {made.role} {made.username}")
@@ -74,7 +74,7 @@ class AdminController(Controller):
         if username == user(request).username and disabled:
             return self._users_page(request, 409, message="You cannot disable your own account.")
         try:
-            with session_scope(services(request).engine) as s:
+            with writing(services(request).engine) as s:
                 target = set_disabled(s, username, disabled)
                 if disabled:
                     SessionStore.end_all_for(s, target.id)
@@ -87,7 +87,7 @@ class AdminController(Controller):
     @post("/users/{username:str}/password", sync_to_thread=True)
     def password(self, request: Request, username: FromPath[str], data: Form) -> Template:
         try:
-            with session_scope(services(request).engine) as s:
+            with writing(services(request).engine) as s:
                 target = reset_password(s, username, data.get("password") or "")
                 SessionStore.end_all_for(s, target.id)
                 self._admin_audit(request, s, "U", "user", "User", target.id, f"reset password of {username}")
@@ -97,7 +97,7 @@ class AdminController(Controller):
 
     # -- API clients ----------------------------------------------------------------------
     def _clients_page(self, request: Request, status_code: int = 200, **extra: Any) -> Template:
-        with Session(services(request).engine) as s:
+        with reading(services(request).engine) as s:
             clients = s.exec(select(ApiClient).order_by(ApiClient.name)).all()
         ctx = {"clients": clients, "errors": {}, "values": {}, "token": None, "message": None}
         return page(request, "admin/clients.html", status_code=status_code, **{**ctx, **extra})
@@ -111,7 +111,7 @@ class AdminController(Controller):
         name = (data.get("name") or "").strip()
         scopes = (data.get("scopes") or "").split()
         try:
-            with session_scope(services(request).engine) as s:
+            with writing(services(request).engine) as s:
                 client, token = create_client(s, name, scopes, created_by=user(request).username)
                 self._admin_audit(request, s, "C", "client", "ApiClient", client.id, f"created client {name}")
         except ClientError as exc:
@@ -123,7 +123,7 @@ class AdminController(Controller):
     @post("/clients/{name:str}/revoke", sync_to_thread=True)
     def revoke(self, request: Request, name: FromPath[str]) -> Template:
         try:
-            with session_scope(services(request).engine) as s:
+            with writing(services(request).engine) as s:
                 client = revoke_client(s, name)
                 self._admin_audit(request, s, "U", "client", "ApiClient", client.id, f"revoked client {name}")
         except ClientError as exc:
@@ -205,7 +205,7 @@ class AdminController(Controller):
                 stmt = stmt.where(col(AuditEvent.recorded) >= moment if name == "since"
                                   else col(AuditEvent.recorded) < moment)
         page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
-        with Session(services(request).engine) as s:
+        with reading(services(request).engine) as s:
             events = s.exec(stmt.order_by(col(AuditEvent.recorded).desc())
                             .offset((page_no - 1) * AUDIT_PAGE).limit(AUDIT_PAGE + 1)).all()
             subtypes = sorted(s.exec(select(AuditEvent.subtype).distinct()).all())

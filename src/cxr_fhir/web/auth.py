@@ -21,7 +21,7 @@ from litestar.response import Redirect, Template
 
 from ..security import audit
 from ..security.passwords import hash_password, verify_password
-from ..storage.db import session_scope
+from ..storage.db import writing
 from ..storage.repositories import UserRepository
 from ..storage.types import utcnow
 from .common import client_ip, page, services
@@ -81,7 +81,7 @@ class AuthController(Controller):
         svc = services(request)
 
         def refuse(message: str, detail: str, status: int = 401) -> Template:
-            with session_scope(svc.engine) as s:
+            with writing(svc.engine) as s:
                 audit.record(s, action="E", subtype="login", agent_type="user", agent_id=username or None,
                              outcome="4", source_ip=ip, detail=detail)
             return page(request, "login.html", status_code=status, next=target, username=username, error=message)
@@ -89,7 +89,7 @@ class AuthController(Controller):
         if _throttle.blocked(ip):
             return refuse("Too many failed logins from this computer. Wait a few minutes and try again.",
                           "refused: too many failures from this address", 429)
-        with session_scope(svc.engine) as s:
+        with writing(svc.engine) as s:
             user = UserRepository(s).by_username(username)
             now = utcnow()
             if user is None:
@@ -131,7 +131,7 @@ class AuthController(Controller):
         user = current_user(request)
         SessionStore(svc.engine).end(request.cookies.get(COOKIE))
         if user is not None:
-            with session_scope(svc.engine) as s:
+            with writing(svc.engine) as s:
                 audit.record(s, action="E", subtype="logout", agent_type="user", agent_id=user.username,
                              source_ip=client_ip(request), detail="logout")
         response = Redirect("/login", status_code=303)

@@ -9,7 +9,7 @@ from litestar.response import Template
 
 from ..domain.findings import BY_NAME
 from ..security import audit
-from ..storage.db import session_scope
+from ..storage.db import writing
 from ..storage.tables import User
 
 PRIORITY_LABEL = {"stat": "STAT", "urgent": "Urgent", "routine": "Routine", "queued": "Queued",
@@ -60,6 +60,6 @@ def _maybe_user(request: Request) -> User | None:
 def audit_read(request: Request, entity_type: str | None, entity_id: str | None, subtype: str = "read",
                detail: str | None = None) -> None:
     """Every view of patient data leaves a row (action R) naming the user, what and from where."""
-    with session_scope(services(request).engine) as s:
+    with writing(services(request).engine) as s:
         audit.record(s, action="R", subtype=subtype, agent_type="user", agent_id=user(request).username,
                      entity_type=entity_type, entity_id=entity_id, source_ip=client_ip(request), detail=detail)

@@ -9,12 +9,12 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
-from sqlmodel import Session
 
 from ..services.outbox import OutboxService, RetryRefused
-from ..storage.errors import NotFound
+from ..domain.errors import NotFound
 from ..storage.tables import OutboxDelivery, Report
 from ..storage.types import utcnow
+from ..storage.db import reading
 from .common import audit_read, is_htmx, page, services, user
 from .guards import login_required
 
@@ -32,7 +32,7 @@ def delivery_context(request: Request, report_id: str | None) -> dict[str, Any]:
 
 
 def _report(request: Request, report_id: str) -> Report:
-    with Session(services(request).engine) as s:
+    with reading(services(request).engine) as s:
         found = s.get(Report, report_id)
     if found is None or found.deleted_at is not None:
         raise NotFoundException()
@@ -55,7 +55,7 @@ class DeliveryController(Controller):
         report = _report(request, report_id)
         outbox_id = (data.get("outbox_id") or "").strip()
         message = None
-        with Session(svc.engine) as s:
+        with reading(svc.engine) as s:
             row = s.get(OutboxDelivery, outbox_id) if outbox_id else None
         if not svc.settings.ehr_push_enabled:
             message = "EHR push is disabled on this server: nothing can be sent."

@@ -15,7 +15,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.response import Redirect
 
-from ..storage.errors import Gone, NotFound
+from ..domain.errors import Gone, NotFound
 from .common import page
 
 log = logging.getLogger("cxr_fhir.web")

@@ -11,13 +11,13 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
-from sqlmodel import Session
 
 from ..domain.text import has_control
 from ..services.patients import GENDERS, PatientInput, PatientInvalid, PatientService
-from ..storage.errors import Gone, NotFound, VersionConflict
+from ..domain.errors import Gone, NotFound, VersionConflict
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
+from ..storage.db import reading
 from .common import audit_read, page, services, user
 from .guards import login_required
 from .queries import er_areas, patient_studies
@@ -59,7 +59,7 @@ def _values(patient: Patient) -> dict[str, str]:
 
 
 def _get_patient(request: Request, patient_id: str) -> Patient:
-    with Session(services(request).engine) as s:
+    with reading(services(request).engine) as s:
         try:
             return PatientRepository(s).get(patient_id)
         except (NotFound, Gone) as exc:
@@ -81,7 +81,7 @@ class PatientController(Controller):
             # (matching everyone) and PostgreSQL refuses it outright.
             rows, total = [], 0
         else:
-            with Session(svc.engine) as s:
+            with reading(svc.engine) as s:
                 rows, total = PatientRepository(s).search(q.strip()[:100], er_area or None, level,
                                                           offset=(page_no - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         audit_read(request, "Patient", None, subtype="search",

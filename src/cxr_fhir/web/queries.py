@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from ..storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from ..storage.types import utcnow
+from ..storage.db import reading
 from .common import PRIORITY_RANK
 
 WORKLIST_WINDOW = timedelta(days=3)
@@ -67,7 +68,7 @@ def _delivery_states(s: Session, report_ids: list[str]) -> dict[str, str]:
 def worklist(engine: Engine, now: datetime | None = None, limit: int = 100) -> list[StudyRow]:
     """Recent studies across patients: most urgent first, then newest."""
     since = (now or utcnow()) - WORKLIST_WINDOW
-    with Session(engine) as s:
+    with reading(engine) as s:
         rows = s.exec(select(Study, Patient).join(Patient, col(Patient.id) == col(Study.patient_id))
                       .where(col(Study.deleted_at).is_(None), col(Patient.deleted_at).is_(None),
                              col(Study.created_at) >= since)
@@ -79,7 +80,7 @@ def worklist(engine: Engine, now: datetime | None = None, limit: int = 100) -> l
 
 def patient_studies(engine: Engine, patient: Patient) -> list[StudyRow]:
     """The diagnosis history of one patient, newest first (deleted studies are not listed)."""
-    with Session(engine) as s:
+    with reading(engine) as s:
         studies = s.exec(select(Study).where(Study.patient_id == patient.id, col(Study.deleted_at).is_(None))
                          .order_by(col(Study.created_at).desc())).all()
         return _attach(s, [(st, patient) for st in studies])
@@ -87,7 +88,7 @@ def patient_studies(engine: Engine, patient: Patient) -> list[StudyRow]:
 
 def study_row(engine: Engine, study_id: str) -> StudyRow | None:
     """One study with its patient, analysis and report; deleted ones too (kept in history)."""
-    with Session(engine) as s:
+    with reading(engine) as s:
         found = s.exec(select(Study, Patient).join(Patient, col(Patient.id) == col(Study.patient_id))
                        .where(Study.id == study_id)).first()
         if found is None:
@@ -96,7 +97,7 @@ def study_row(engine: Engine, study_id: str) -> StudyRow | None:
 
 
 def er_areas(engine: Engine) -> list[str]:
-    with Session(engine) as s:
+    with reading(engine) as s:
         values = s.exec(select(Patient.er_area).where(col(Patient.er_area).is_not(None),
                                                       col(Patient.deleted_at).is_(None)).distinct()).all()
     return sorted(v for v in values if v)
@@ -121,6 +122,6 @@ def deliveries(engine: Engine, status: str | None = None, limit: int = 100) -> l
             .join(Patient, col(Patient.id) == col(Study.patient_id)))
     if status:
         stmt = stmt.where(OutboxDelivery.status == status)
-    with Session(engine) as s:
+    with reading(engine) as s:
         rows = s.exec(stmt.order_by(col(OutboxDelivery.created_at).desc()).limit(limit)).all()
     return [DeliveryRow(*r) for r in rows]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
-from ..storage.db import session_scope
+from ..storage.db import writing
 from ..storage.tables import User, WebSession
 from ..storage.types import utcnow
 
@@ -47,7 +47,7 @@ class SessionStore:
         if not token or len(token) > 128:
             return None
         now = utcnow()
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             row = s.get(WebSession, _digest(token))
             if row is None:
                 return None
@@ -65,7 +65,7 @@ class SessionStore:
 
     def end(self, token: str | None) -> None:
         if token:
-            with session_scope(self.engine) as s:
+            with writing(self.engine) as s:
                 s.exec(delete(WebSession).where(col(WebSession.token_sha256) == _digest(token)))
 
     @staticmethod
@@ -74,7 +74,7 @@ class SessionStore:
         session.exec(delete(WebSession).where(col(WebSession.user_id) == user_id))
 
     def count_for(self, user_id: str) -> int:
-        with session_scope(self.engine) as s:
+        with writing(self.engine) as s:
             return len(s.exec(select(WebSession.token_sha256).where(WebSession.user_id == user_id)).all())
 
 

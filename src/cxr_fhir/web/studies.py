@@ -12,15 +12,15 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Template
-from sqlmodel import Session
 
 from ..domain.findings import FINDING_NAMES
 from ..imaging import ImageRejected
 from ..services.queue import Saturated
 from ..services.reports import ReportService, ReportStateError, StudyService
-from ..storage.errors import Gone, NotFound, StoreUnavailable, VersionConflict
+from ..domain.errors import Gone, NotFound, Unavailable, VersionConflict
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Report
+from ..storage.db import reading
 from .common import audit_read, page, services, user
 from .delivery import delivery_context
 from .guards import login_required
@@ -96,7 +96,7 @@ class StudyController(Controller):
                                 "error": f"Not analysed now: the analysis queue is full. Try this file again in "
                                          f"about {exc.retry_after_s} s; nothing was stored."})
                 continue
-            except StoreUnavailable as exc:
+            except Unavailable as exc:
                 results.append({"filename": name, "code": "busy",
                                 "error": f"Not analysed now: {exc}. Try this file again shortly; nothing was stored."})
                 continue
@@ -145,7 +145,7 @@ class StudyController(Controller):
 
     def _decide(self, request: Request, report_id: str, data: dict[str, str], action: str) -> Template:
         svc = services(request)
-        with Session(svc.engine) as s:
+        with reading(svc.engine) as s:
             found = s.get(Report, report_id)
         if found is None or found.deleted_at is not None:
             raise NotFoundException()
@@ -178,7 +178,7 @@ class StudyController(Controller):
 
 
 def _patient_exists(engine: Any, patient_id: str) -> bool:
-    with Session(engine) as s:
+    with reading(engine) as s:
         try:
             PatientRepository(s).get(patient_id)
         except (NotFound, Gone):

@@ -17,11 +17,15 @@ from sqlalchemy.orm import aliased
 from sqlalchemy import delete
 from sqlmodel import Session, col
 
-from ..storage.tables import FhirIndex, FhirResource, FhirResourceHistory
-from ..storage.types import utcnow
-from . import errors
-from .index import BadDate, date_range, normalise, reference_key, rows
-from .search_params import PARAMS
+from ..tables import FhirIndex, FhirResource, FhirResourceHistory
+from ..types import utcnow
+from ...domain.errors import Gone, InvalidRequest, NotFound
+from .index import BadDate
+from .index import date_range
+from .index import normalise
+from .index import reference_key
+from .index import rows
+from ...fhir.search_params import PARAMS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
@@ -97,9 +101,9 @@ def get_row(s: Session, resource_type: str, resource_id: str, lock: bool = False
 def read(s: Session, resource_type: str, resource_id: str) -> FhirResource:
     row = get_row(s, resource_type, resource_id)
     if row is None:
-        raise errors.not_found(f"{resource_type}/{resource_id} is not known")
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
     if row.deleted:
-        raise errors.gone(f"{resource_type}/{resource_id} was deleted")
+        raise Gone(f"{resource_type}/{resource_id} was deleted")
     return row
 
 
@@ -108,9 +112,9 @@ def vread(s: Session, resource_type: str, resource_id: str, version: int) -> Fhi
         FhirResourceHistory.resource_type == resource_type, FhirResourceHistory.resource_id == resource_id,
         FhirResourceHistory.version_id == version)).scalars().first()
     if row is None:
-        raise errors.not_found(f"{resource_type}/{resource_id}/_history/{version} is not known")
+        raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
     if row.method == "DELETE":
-        raise errors.gone(f"{resource_type}/{resource_id}/_history/{version} is a deletion")
+        raise Gone(f"{resource_type}/{resource_id}/_history/{version} is a deletion")
     return row
 
 
@@ -177,10 +181,10 @@ def _match_token(ix, value: str):
     if len(parts) == 1:
         return ix.value == _unescape(parts[0])
     if len(parts) != 2:
-        raise errors.bad_request(f"bad token {value!r}: use [system]|[code]")
+        raise InvalidRequest(f"bad token {value!r}: use [system]|[code]")
     system, code = _unescape(parts[0]), _unescape(parts[1])
     if not system and not code:
-        raise errors.bad_request("a token needs a system or a code")
+        raise InvalidRequest("a token needs a system or a code")
     conds = []
     conds.append(ix.system == system if system else ix.system.is_(None))
     if code:
@@ -208,7 +212,7 @@ def _prefixed_range(value: str):
     try:
         return (prefix, *date_range(text))
     except BadDate as exc:
-        raise errors.bad_request(str(exc)) from exc
+        raise InvalidRequest(str(exc)) from exc
 
 
 def match_date(lo_col, hi_col, value: str):
@@ -242,7 +246,7 @@ def _match_reference(ix, value: str, param, modifier: str | None):
         return ix.value == reference_key(ref)
     targets = (modifier,) if modifier else param.targets
     if len(targets) != 1:
-        raise errors.bad_request(f"{param.name}={ref!r}: give the type, e.g. {param.targets[0]}/{ref}")
+        raise InvalidRequest(f"{param.name}={ref!r}: give the type, e.g. {param.targets[0]}/{ref}")
     return ix.value == f"{targets[0]}/{ref}"
 
 
@@ -254,7 +258,7 @@ def _criterion(resource_type: str, c: Criterion, id_col):
         return or_(*(match_instant(FhirResource.last_updated, v) for v in c.values))
     param = PARAMS.get(resource_type, {}).get(c.name)
     if param is None:
-        raise errors.bad_request(f"unknown search parameter {c.name!r} for {resource_type}; "
+        raise InvalidRequest(f"unknown search parameter {c.name!r} for {resource_type}; "
                                  f"supported: {', '.join(['_id', '_lastUpdated', *PARAMS.get(resource_type, {})])}")
     ix = aliased(FhirIndex)
     base = [ix.resource_type == resource_type, ix.resource_id == id_col, ix.param == c.name]
@@ -262,18 +266,18 @@ def _criterion(resource_type: str, c: Criterion, id_col):
         present = exists(select(ix.pk).where(*base))
         flags = {v.lower() for v in c.values}
         if flags - {"true", "false"} or len(flags) != 1:
-            raise errors.bad_request(f"{c.name}:missing takes true or false")
+            raise InvalidRequest(f"{c.name}:missing takes true or false")
         return not_(present) if "true" in flags else present
     allowed = {"token": {None, "not"}, "string": {None, "exact", "contains"},
                "date": {None}, "reference": {None, *param.targets}}[param.type]
     if c.modifier not in allowed:
-        raise errors.bad_request(f"modifier :{c.modifier} is not supported on {c.name} ({param.type})")
+        raise InvalidRequest(f"modifier :{c.modifier} is not supported on {c.name} ({param.type})")
     if c.chain:
         if param.type != "reference":
-            raise errors.bad_request(f"{c.name} is not a reference and cannot be chained")
+            raise InvalidRequest(f"{c.name} is not a reference and cannot be chained")
         targets = (c.modifier,) if c.modifier else param.targets
         if len(targets) != 1:
-            raise errors.bad_request(f"chain on {c.name}: name the type, e.g. {c.name}:{param.targets[0]}.{c.chain}")
+            raise InvalidRequest(f"chain on {c.name}: name the type, e.g. {c.name}:{param.targets[0]}.{c.chain}")
         target = targets[0]
         chain_name, _, chain_mod = c.chain.partition(":")
         inner = _criterion(target, Criterion(chain_name, chain_mod or None, c.values), FhirResource.id)
@@ -300,7 +304,7 @@ def _sort_key(resource_type: str, name: str, descending: bool):
         return FhirResource.id
     param = PARAMS.get(resource_type, {}).get(name)
     if param is None or param.type not in ("date", "string", "token"):
-        raise errors.bad_request(f"cannot sort {resource_type} by {name!r}")
+        raise InvalidRequest(f"cannot sort {resource_type} by {name!r}")
     ix = aliased(FhirIndex)
     column = {"date": ix.date_hi if descending else ix.date_lo, "string": ix.value, "token": ix.value}[param.type]
     agg = func.max(column) if descending else func.min(column)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .analyze import OPERATION_URL
-from .providers import PROVIDERS, ReadOnlyProvider
-from .search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
+from .providers import PROVIDERS
+from .providers import ReadOnlyProvider
+from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
 
 READ = ["read", "vread", "search-type", "history-instance", "history-type"]
 WRITE = ["create", "update", "delete"]

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..storage.tables import FhirIndex
-from .search_params import PARAMS
+from ...domain.errors import InvalidRequest
+from ..tables import FhirIndex
+from ...fhir.search_params import PARAMS
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
                    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
@@ -17,8 +18,8 @@ FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 
 
-class BadDate(ValueError):
-    pass
+class BadDate(InvalidRequest):
+    """Not a FHIR date, or not a real one."""
 
 
 def date_range(text: str) -> tuple[datetime, datetime]:

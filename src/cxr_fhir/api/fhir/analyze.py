@@ -9,14 +9,15 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from ..imaging import ImageRejected, load
-from ..imaging.loader import sniff
-from ..services.queue import Saturated
-from ..services.patients import PatientInput, PatientInvalid, PatientService
-from ..storage.db import session_scope
-from ..storage.errors import Gone, NotFound, StoreUnavailable
-from ..storage.repositories import PatientRepository
-from . import errors, store
+from ...imaging import ImageRejected, load
+from ...imaging.loader import sniff
+from ...services.queue import Saturated
+from ...services.patients import PatientInput, PatientInvalid, PatientService
+from ...storage.db import writing
+from ...domain.errors import Gone, NotFound, Unavailable
+from ...storage.repositories import PatientRepository
+from . import errors
+from ...storage.fhir import store
 
 OPERATION_ID = "ImagingStudy-analyze"
 OPERATION_URL = f"urn:cxr-fhir:OperationDefinition/{OPERATION_ID}"
@@ -78,7 +79,7 @@ def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) ->
         if len(parts) < 2 or parts[-2] != "Patient":
             raise errors.bad_request(f"subject must be Patient/<id>, not {subject!r}")
         pid = parts[-1]
-        with session_scope(services.engine) as s:
+        with writing(services.engine) as s:
             store.read(s, "Patient", pid)  # 404 / 410 with an OperationOutcome
         return pid
     if sniff(data) != "application/dicom":
@@ -88,7 +89,7 @@ def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) ->
     if not mrn:
         raise errors.bad_request("the DICOM image has no PatientID; give a subject")
     system = services.settings.hospital_mrn_system
-    with session_scope(services.engine) as s:
+    with writing(services.engine) as s:
         existing = PatientRepository(s).by_mrn(mrn, system)
         if existing is not None:
             return existing.id
@@ -115,7 +116,7 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
         uploaded = services.analysis().upload(patient_id, data, None, actor)
     except Saturated as exc:
         raise errors.FhirError(503, str(exc), "transient", headers={"Retry-After": str(exc.retry_after_s)}) from exc
-    except StoreUnavailable as exc:
+    except Unavailable as exc:
         raise errors.FhirError(503, f"{exc}; nothing was stored, try again", "transient",
                                headers={"Retry-After": "30"}) from exc
     except ImageRejected as exc:
@@ -128,7 +129,7 @@ def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
         raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} was stored but its analysis failed: "
                                     f"{uploaded.study.failure_reason}", "exception")
     try:
-        with session_scope(services.engine) as s:
+        with writing(services.engine) as s:
             report = store.read(s, "DiagnosticReport", uploaded.report.id)
             keys = [r["reference"] for r in report.content.get("result", [])]
             rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]

@@ -11,8 +11,9 @@ from typing import Any
 from sqlalchemy import and_, exists, select
 from sqlmodel import Session
 
-from ..storage.tables import Analysis, FhirResource, Patient, Report, Study
-from . import mapping, store
+from ..tables import Analysis, FhirResource, Patient, Report, Study
+from . import store
+from ...fhir import mapping
 
 _PATIENT_OWNED = ("identifier", "name", "gender", "birthDate", "active")
 

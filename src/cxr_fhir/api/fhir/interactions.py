@@ -9,9 +9,14 @@ from urllib.parse import parse_qsl
 
 from sqlmodel import Session
 
-from ..storage.tables import FhirResource
-from . import errors, search, store
-from .providers import PROVIDERS, Actor, Provider, parse
+from ...storage.tables import FhirResource
+from . import errors
+from ...storage.fhir import search
+from ...storage.fhir import store
+from .providers import PROVIDERS
+from .providers import Actor
+from .providers import Provider
+from .providers import parse
 
 STORED_TYPES = tuple(PROVIDERS)
 

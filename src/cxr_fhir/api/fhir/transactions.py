@@ -15,9 +15,12 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ..storage.db import session_scope
-from ..storage.types import new_id
-from . import errors, interactions, search
+from ...domain.errors import CxrError
+from ...storage.db import writing
+from ...storage.types import new_id
+from . import errors
+from . import interactions
+from ...storage.fhir import search
 from .providers import Actor
 
 MAX_ENTRIES = 500
@@ -183,7 +186,7 @@ def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor,
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     audit: list[tuple[dict[str, Any], int]] = []
     if kind == "transaction":
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             refs, assigned = _preassign(s, services, entries)
             for i in order:
                 entry = _relink(entries[i], refs)
@@ -193,20 +196,22 @@ def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor,
                                              "creates; nothing was stored", [f"Bundle.entry[{i}].resource"])
                 try:
                     result, payload = _run(s, services, entry, actor, base, assigned, i)
-                except errors.FhirError as exc:
+                except (errors.FhirError, CxrError) as caught:
+                    exc = errors.as_fhir(caught)
                     exc.diagnostics = f"transaction failed at entry {i} ({entry['request']['method']} " \
                                       f"{entry['request']['url']}); nothing was stored: {exc.diagnostics}"
-                    raise
+                    raise exc from caught
                 responses[i] = _response(result, payload)
                 audit.append((entry["request"], result.status))
     else:
         for i in order:
             try:
-                with session_scope(engine) as s:
+                with writing(engine) as s:
                     result, payload = _run(s, services, entries[i], actor, base)
                 responses[i] = _response(result, payload)
                 audit.append((entries[i]["request"], result.status))
-            except errors.FhirError as exc:
+            except (errors.FhirError, CxrError) as caught:
+                exc = errors.as_fhir(caught)
                 responses[i] = {"response": {"status": _status(exc.status), "outcome": exc.outcome()}}
                 audit.append((entries[i]["request"], exc.status))
     return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}, audit

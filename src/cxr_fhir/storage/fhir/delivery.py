@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from ..services.outbox import FHIR_CODE, newest
-from .mapping import EHR_DELIVERY_STATUS_URL
+from ...services.outbox import FHIR_CODE, newest
+from ...fhir.mapping import EHR_DELIVERY_STATUS_URL
 
 
 def with_delivery_status(s: Session, content: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,15 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlmodel import Session, col
 
-from ..domain.text import has_control
-from ..storage.tables import AuditEvent
-from . import errors, mapping, store
-from .search import DEFAULT_COUNT, MAX_COUNT, paging_links, whole_number
+from ...domain.text import has_control
+from ..tables import AuditEvent
+from ...domain.errors import InvalidRequest, NotFound
+from . import store
+from ...fhir import mapping
+from .search import DEFAULT_COUNT
+from .search import MAX_COUNT
+from .search import paging_links
+from .search import whole_number
 from .store import match_instant
 
 PARAMS = ("date", "action", "outcome", "entity", "_id", "_count", "_offset", "_format")
@@ -19,7 +24,7 @@ PARAMS = ("date", "action", "outcome", "entity", "_id", "_count", "_offset", "_f
 def read(s: Session, rid: str) -> dict[str, Any]:
     row = s.get(AuditEvent, rid) if store.is_id(rid) else None
     if row is None:
-        raise errors.not_found(f"AuditEvent/{rid} is not known")
+        raise NotFound(f"AuditEvent/{rid} is not known")
     return mapping.to_wire(mapping.audit_event(row))
 
 
@@ -28,9 +33,9 @@ def bundle(s: Session, pairs: list[tuple[str, str]], base: str) -> dict[str, Any
     count, offset = DEFAULT_COUNT, 0
     for key, value in pairs:
         if has_control(key + value):
-            raise errors.bad_request(f"search parameter {key!r} contains control characters")
+            raise InvalidRequest(f"search parameter {key!r} contains control characters")
         if key not in PARAMS:
-            raise errors.bad_request(f"unknown search parameter {key!r} for AuditEvent; supported: "
+            raise InvalidRequest(f"unknown search parameter {key!r} for AuditEvent; supported: "
                                      + ", ".join(p for p in PARAMS if p != "_format"))
         values = value.split(",")
         if key == "date":

@@ -7,11 +7,12 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session
 
-from ..domain.text import has_control
-from ..storage.tables import FhirResource
-from . import errors, store
+from ...domain.text import has_control
+from ..tables import FhirResource
+from ...domain.errors import InvalidRequest
+from . import store
 from .delivery import with_delivery_status
-from .search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
+from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
 
 DEFAULT_COUNT, MAX_COUNT = 20, 500
 CONTROL = {"_count", "_offset", "_sort", "_summary", "_elements", "_include", "_revinclude", "_total",
@@ -28,11 +29,11 @@ def whole_number(name: str, value: str, low: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise errors.bad_request(f"{name} must be a whole number, not {value!r}") from None
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
     if n < low:
-        raise errors.bad_request(f"{name} must be at least {low}")
+        raise InvalidRequest(f"{name} must be at least {low}")
     if n > MAX_OFFSET:
-        raise errors.bad_request(f"{name} must be at most {MAX_OFFSET}")
+        raise InvalidRequest(f"{name} must be at most {MAX_OFFSET}")
     return n
 
 
@@ -49,7 +50,7 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
     for key, value in pairs:
         if has_control(key + value):
             # No stored value holds one (writes refuse them), and PostgreSQL cannot compare U+0000.
-            raise errors.bad_request(f"search parameter {key!r} contains control characters")
+            raise InvalidRequest(f"search parameter {key!r} contains control characters")
         if not strict and _unknown(resource_type, key):
             options["ignored"].append(key)
             continue
@@ -63,27 +64,27 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
             for item in value.split(","):
                 name = item.lstrip("-")
                 if name not in ("_lastUpdated", "_id", *SORTABLE.get(resource_type, [])):
-                    raise errors.bad_request(f"cannot sort {resource_type} by {name!r}; sortable: "
+                    raise InvalidRequest(f"cannot sort {resource_type} by {name!r}; sortable: "
                                              + ", ".join(["_lastUpdated", "_id", *SORTABLE.get(resource_type, [])]))
                 query.sort.append((name, item.startswith("-")))
         elif key == "_summary":
             if value not in SUMMARIES:
-                raise errors.bad_request(f"_summary={value} is not supported; use count or false")
+                raise InvalidRequest(f"_summary={value} is not supported; use count or false")
             options["summary"] = value
         elif key == "_total":
             if value not in ("none", "estimate", "accurate"):
-                raise errors.bad_request("_total must be none, estimate or accurate")
+                raise InvalidRequest("_total must be none, estimate or accurate")
         elif key == "_elements":
             options["elements"] = [e.strip() for e in value.split(",") if e.strip()]
         elif key in ("_include", "_revinclude"):
             allowed = INCLUDES.get(resource_type, []) if key == "_include" else REVINCLUDES.get(resource_type, [])
             target_ok = value.count(":") == 2 and ":".join(value.split(":")[:2]) in allowed
             if value not in allowed and not target_ok:
-                raise errors.bad_request(f"{key}={value} is not supported for {resource_type}; supported: "
+                raise InvalidRequest(f"{key}={value} is not supported for {resource_type}; supported: "
                                          + (", ".join(allowed) or "none"))
             options[key[1:]].append(value)
         elif key.startswith("_") and key not in ("_id", "_lastUpdated"):
-            raise errors.bad_request(f"search parameter {key} is not supported")
+            raise InvalidRequest(f"search parameter {key} is not supported")
         else:
             name, _, modifier = key.partition(":")
             chain = None
@@ -92,12 +93,12 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
             elif "." in modifier:
                 modifier, _, chain = modifier.partition(".")
             if name not in ("_id", "_lastUpdated") and name not in PARAMS.get(resource_type, {}):
-                raise errors.bad_request(
+                raise InvalidRequest(
                     f"unknown search parameter {name!r} for {resource_type}; supported: "
                     + ", ".join(["_id", "_lastUpdated", *PARAMS.get(resource_type, {})]))
             values = [v for v in store.split_escaped(value, ",")]
             if not any(values):
-                raise errors.bad_request(f"search parameter {key} has no value")
+                raise InvalidRequest(f"search parameter {key} has no value")
             query.criteria.append(store.Criterion(name, modifier or None, values, chain))
     return query, options
 

@@ -9,6 +9,8 @@ update may only confirm or amend the report, an ImagingStudy delete deletes the 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -17,11 +19,13 @@ from pydantic import ValidationError
 from fhir.resources.R4B import get_fhir_model_class
 from sqlmodel import Session
 
-from ..services.patients import PatientInput, PatientInvalid, PatientService, validate as validate_patient
-from ..services.reports import ReportService, ReportStateError, StudyService
-from ..storage.errors import Gone, NotFound, VersionConflict
-from ..storage.tables import FhirResource
-from . import errors, mapping, store
+from ...services.patients import PatientInput, PatientInvalid, PatientService, validate as validate_patient
+from ...services.reports import ReportService, ReportStateError, StudyService
+from ...domain.errors import Gone, NotFound, VersionConflict
+from ...storage.tables import FhirResource
+from . import errors
+from ...storage.fhir import store
+from ...fhir import mapping
 
 # Elements a server owns on every resource; a client's values are replaced, never compared.
 _SERVER_OWNED = ("id", "meta", "text")
@@ -114,7 +118,7 @@ def _strip(content: dict[str, Any]) -> dict[str, Any]:
 def _check_version(row: FhirResource | None, if_match: int | None) -> None:
     if if_match is not None and (row is None or row.version_id != if_match):
         current = row.version_id if row else "none"
-        raise errors.precondition_failed(f"If-Match version {if_match} is stale; the current version is {current}")
+        raise VersionConflict(if_match, None, f"If-Match version {if_match} is stale; the current version is {current}")
 
 
 class Provider:
@@ -129,7 +133,7 @@ class Provider:
     def create(self, s: Session, content: dict[str, Any], actor: Actor, new_id: str | None = None) -> FhirResource:
         if not self.writable:
             raise errors.FhirError(405, f"{self.resource_type} is read-only here", "not-supported")
-        from ..storage.types import new_id as make_id
+        from ...storage.types import new_id as make_id
         rid = new_id or make_id()
         store.put(s, self.resource_type, rid, _strip(content), origin="api")
         return store.read(s, self.resource_type, rid)
@@ -182,6 +186,21 @@ def _patient_input(content: dict[str, Any], default_system: str) -> PatientInput
                         mrn_system=(mrn.get("system") or default_system) if mrn else None)
 
 
+# The patient service names its fields; a FHIR client is told the elements they come from.
+_PATIENT_PATHS = {"mrn": "Patient.identifier", "mrn_system": "Patient.identifier.system",
+                  "family": "Patient.name.family", "given": "Patient.name.given", "birth_date": "Patient.birthDate",
+                  "sex": "Patient.gender"}
+
+
+@contextmanager
+def _patient_paths() -> Iterator[None]:
+    try:
+        yield
+    except PatientInvalid as exc:
+        exc.where = [_PATIENT_PATHS.get(k, "Patient") for k in exc.errors]
+        raise
+
+
 class PatientProvider(Provider):
     """Patients are our own rows; the posted JSON is kept beside them."""
 
@@ -189,17 +208,14 @@ class PatientProvider(Provider):
         return PatientService(self.services.engine, self.services.settings.hospital_mrn_system)
 
     def _values(self, content: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with _patient_paths():
             return validate_patient(_patient_input(content, self.services.settings.hospital_mrn_system),
                                     self.services.settings.hospital_mrn_system)
-        except PatientInvalid as exc:
-            raise _patient_error(exc) from exc
 
     def create(self, s, content, actor, new_id=None):
-        try:
-            row = self._service().register_in(s, self._values(content), actor.name, _strip(content), patient_id=new_id)
-        except PatientInvalid as exc:
-            raise _patient_error(exc) from exc
+        with _patient_paths():
+            row = self._service().register_in(s, self._values(content), actor.name, _strip(content),
+                                              patient_id=new_id)
         return store.read(s, "Patient", row.id)
 
     def update(self, s, rid, content, actor, if_match):
@@ -209,14 +225,10 @@ class PatientProvider(Provider):
             if row is not None:
                 raise errors.gone(f"Patient/{rid} was deleted; register a new patient instead")
             return self.create(s, content, actor, new_id=rid), True
-        try:
-            # If-Match is checked again under the patient row's lock: two writers cannot both pass it.
+        # If-Match is checked again under the patient row's lock: two writers cannot both pass it.
+        with _patient_paths():
             self._service().update_in(s, rid, self._values(content), actor.name, expected_version=if_match,
                                       fhir_extra=_strip(content))
-        except PatientInvalid as exc:
-            raise _patient_error(exc) from exc
-        except VersionConflict as exc:
-            raise errors.precondition_failed(str(exc)) from exc
         return store.read(s, "Patient", rid), False
 
     def delete(self, s, rid, actor, if_match=None):
@@ -225,21 +237,7 @@ class PatientProvider(Provider):
             raise errors.not_found(f"Patient/{rid} is not known")
         _check_version(row, if_match)
         if not row.deleted:
-            try:
-                self._service().delete_in(s, rid, actor.name, expected_version=if_match)
-            except VersionConflict as exc:
-                raise errors.precondition_failed(str(exc)) from exc
-
-
-def _patient_error(exc: PatientInvalid) -> errors.FhirError:
-    paths = {"mrn": "Patient.identifier", "mrn_system": "Patient.identifier.system", "family": "Patient.name.family",
-             "given": "Patient.name.given", "birth_date": "Patient.birthDate", "sex": "Patient.gender"}
-    status = 409 if exc.errors.get("mrn", "").startswith("already") else 422
-    first, *rest = exc.errors.items()
-    return errors.FhirError(status, f"{first[0]}: {first[1]}", "duplicate" if status == 409 else "processing",
-                            [paths.get(first[0], "Patient")],
-                            issues=[{"severity": "error", "code": "processing", "diagnostics": f"{k}: {v}",
-                                     "expression": [paths.get(k, "Patient")]} for k, v in rest])
+            self._service().delete_in(s, rid, actor.name, expected_version=if_match)
 
 
 class ImagingStudyProvider(Provider):
@@ -249,11 +247,8 @@ class ImagingStudyProvider(Provider):
         row = store.get_row(s, "ImagingStudy", rid)
         if row is not None and row.origin == "domain" and not row.deleted:
             _check_version(row, if_match)
-            try:
-                StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(
-                    s, rid, actor.name, expected_version=if_match)
-            except VersionConflict as exc:
-                raise errors.precondition_failed(str(exc)) from exc
+            StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(
+                s, rid, actor.name, expected_version=if_match)
             return
         super().delete(s, rid, actor, if_match)
 
@@ -287,9 +282,8 @@ class DiagnosticReportProvider(Provider):
                                             "preliminary report with status 'final', amend a final one with "
                                             "status 'amended'", "business-rule", ["DiagnosticReport.status"])
         except ReportStateError as exc:
-            raise errors.FhirError(422, str(exc), "business-rule", ["DiagnosticReport"]) from exc
-        except VersionConflict as exc:
-            raise errors.precondition_failed(str(exc)) from exc
+            exc.where = exc.where or ["DiagnosticReport"]
+            raise
         except (NotFound, Gone) as exc:
             raise errors.gone(str(exc)) from exc
         return store.read(s, "DiagnosticReport", rid), False
