@@ -8,7 +8,7 @@ VALIDATOR := tests/fhir_validator/node_modules/.installed
 # The stand-in hospital EHR for the push tests: a real FHIR server, in its own venv (own pins).
 SEKMET    := .venv-sekmet/bin/sekmet
 
-.PHONY: run test install migrate clean chromium static
+.PHONY: run test lint install migrate clean chromium static
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ chromium:
 static:
 	cd static && npm ci --no-audit --no-fund --silent && cp node_modules/htmx.org/dist/htmx.min.js vendor/htmx.min.js
 
-test: install $(VALIDATOR) $(SEKMET) chromium
+# The linter and the type checker (configured in pyproject.toml) run before the tests.
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: lint $(VALIDATOR) $(SEKMET) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -7,23 +7,21 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from anyio import to_thread
 from litestar import Litestar, Request, get
-from litestar.exceptions import ClientException, HTTPException
 from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.exceptions import ClientException, HTTPException
 from litestar.response import Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
-from .api.fhir.routes import fhir_error_response
-from .api.fhir.routes import fhir_router
-from .api.fhir.routes import is_fhir_path
+from .api.fhir.routes import fhir_error_response, fhir_router, is_fhir_path
 from .services.analysis import AnalysisService
+from .services.container import Services
 from .services.queue import InferenceQueue
 from .settings import Settings
 from .storage import migrate
@@ -31,24 +29,6 @@ from .storage.db import make_engine
 from .storage.image_store import ImageStore
 
 log = logging.getLogger("cxr_fhir.app")
-
-
-@dataclass
-class Services:
-    """What request handlers may use; built once per app."""
-
-    settings: Settings
-    engine: Engine
-    images: ImageStore
-    queue: InferenceQueue
-    # Filled in by the lifespan once the models are loaded; None = not loaded.
-    models: Any = None
-    model_error: str | None = None
-
-    def analysis(self) -> AnalysisService:
-        """The upload use case as the pages and $analyze run it (models loaded: check before)."""
-        return AnalysisService(self.engine, self.images, self.models, self.settings.ehr_push_enabled,
-                               self.settings.max_image_pixels, self.queue)
 
 
 @get("/health", sync_to_thread=False, include_in_schema=False)
@@ -81,8 +61,7 @@ def ready(state: State) -> Response[dict[str, Any]]:
                           else "disabled: CXR_EHR_BASE_URL is not set")
     if services.settings.ehr_push_enabled and checks["migrations"] == "ok":
         # Information, not a readiness condition: a backlog means the EHR is slow, not that we are.
-        from .services.outbox import OutboxService
-        checks["ehr_outbox"] = OutboxService(services.engine).backlog()
+        checks["ehr_outbox"] = services.outbox.backlog()
     ok = (checks["database"] == "ok" and checks["migrations"] == "ok"
           and (checks["models"] == "ok" or not services.settings.load_models))
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
@@ -108,14 +87,14 @@ def _bounded_bodies(limit: int):
 
     def wrap(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http" or is_fhir_path(scope.get("path", "")):
+            if scope["type"] != ScopeType.HTTP or is_fhir_path(scope.get("path", "")):
                 await app(scope, receive, send)
                 return
             seen = 0
 
             async def counted() -> Any:
                 nonlocal seen
-                message = await receive()
+                message: Any = await receive()  # an ASGI message: a plain dict
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise ClientException(status_code=413, detail=f"the request body is larger than {limit} bytes")
@@ -133,7 +112,7 @@ def _access_log(app: ASGIApp) -> ASGIApp:
     access = logging.getLogger("cxr_fhir.access")
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -159,7 +138,7 @@ async def _sweep_interrupted(services: Services) -> None:
     timeout = timedelta(seconds=services.settings.analysis_timeout_s)
     while True:
         try:
-            await to_thread.run_sync(AnalysisService.fail_interrupted_in, services.engine, timeout)
+            await to_thread.run_sync(AnalysisService.fail_interrupted, services.engine, timeout)
         except Exception:  # the database may be down for a while: try again next round
             log.exception("sweep of interrupted analyses failed")
         await asyncio.sleep(60)

@@ -19,11 +19,13 @@ class Settings(BaseSettings):
 
     runtime_dir: Path = Field(default=PROJECT_ROOT / "var", description="Runtime state: database, images, caches")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite file in runtime_dir")
-    image_store_dir: Path | None = Field(default=None, description="Content-addressed image store; default runtime_dir/images")
+    image_store_dir: Path | None = Field(default=None,
+                                         description="Content-addressed image store; default runtime_dir/images")
     weights_dir: Path = Field(default=PROJECT_ROOT / "weights", description="Model weights and their manifest")
     migrations_dir: Path = Field(default=PROJECT_ROOT / "migrations", description="Alembic scripts")
     secret_key: str | None = Field(default=None, description="Signs sessions; default a random key kept in runtime_dir")
-    ehr_base_url: str | None = Field(default=None, description="FHIR base URL of the hospital EHR; unset = push disabled")
+    ehr_base_url: str | None = Field(default=None,
+                                     description="FHIR base URL of the hospital EHR; unset = push disabled")
     ehr_auth: Literal["none", "bearer", "smart"] = Field(default="none", description="How we authenticate to the EHR")
     ehr_token: str | None = Field(default=None, description="Static bearer token (ehr_auth=bearer)")
     ehr_client_id: str | None = Field(default=None, description="SMART Backend Services client id")

@@ -15,7 +15,6 @@ import pytest
 from cxr_fhir.settings import PROJECT_ROOT
 from support.server import CLI, environment, migrate_and_token, serving
 
-
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 

@@ -56,7 +56,8 @@ def test_doctor_flow_login_register_upload_read_confirm_delete_logout(server, br
     SHOTS.mkdir(parents=True)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     problems: list[str] = []  # CSP violations, script errors: the page must run with none
-    page.on("console", lambda m: problems.append(f"{m.text} @ {m.location} on {page.url}") if m.type == "error" else None)
+    page.on("console",
+            lambda m: problems.append(f"{m.text} @ {m.location} on {page.url}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("dialog", lambda d: d.accept())
 

@@ -68,7 +68,7 @@ def test_corrupt_weights_keep_the_service_unready_and_fhir_analyze_says_why(sett
     engine = make_engine(settings.effective_database_url)
     migrate.upgrade(engine, settings.migrations_dir)
     with writing(engine) as s:
-        token = create_client(s, "c", ["system/*.*"], created_by="t")[1]
+        token = create_client(s, "c", ["system/*.*"], actor="t")[1]
     settings.load_models, settings.weights_dir = True, weights
     with TestClient(app=create_app(settings)) as client:
         r = client.get("/ready")

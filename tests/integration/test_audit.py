@@ -36,3 +36,14 @@ def test_nonsense_is_refused(engine):
     with pytest.raises(ValueError):
         with writing(engine) as s:
             record(s, action="X", subtype="read", agent_type="user", agent_id="a")
+
+
+def test_control_characters_of_every_kind_are_stored_escaped(engine):
+    """C1 too: a query holding CSI (U+009B) must not reach an administrator's terminal raw."""
+    with writing(engine) as s:
+        record(s, action="E", subtype="search-type", agent_type="client", agent_id="x\x9b2J",
+               query="name=\x1b[31mred\x85&family=\x9b2J", detail="nul\x00here")
+    with Session(engine) as s:
+        row = s.exec(select(AuditEvent).where(AuditEvent.subtype == "search-type")).one()
+    assert row.query == "name=\\x1b[31mred\\x85&family=\\x9b2J"
+    assert (row.agent_id, row.detail) == ("x\\x9b2J", "nul\\x00here")

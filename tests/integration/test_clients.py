@@ -17,26 +17,27 @@ from cxr_fhir.storage.tables import ApiClient
 
 def test_token_is_stored_hashed_and_revocable(engine):
     with writing(engine) as s:
-        client, token = create_client(s, "ehr-bridge", ["system/Patient.read", "system/DiagnosticReport.*"], "admin")
+        client, token = create_client(s, "ehr-bridge", ["system/Patient.read", "system/DiagnosticReport.*"],
+                                      actor="admin")
     with Session(engine) as s:
         row = s.exec(select(ApiClient)).one()
         assert token not in row.token_sha256 and len(row.token_sha256) == 64
         assert authenticate(s, token).name == "ehr-bridge"
         assert authenticate(s, token + "x") is None and authenticate(s, "Bearer " + token) is None
     with writing(engine) as s:
-        revoke_client(s, "ehr-bridge")
+        revoke_client(s, "ehr-bridge", actor="admin")
     with Session(engine) as s:
         assert authenticate(s, token) is None
     with pytest.raises(ClientError, match="already exists"):
         with writing(engine) as s:
-            create_client(s, "ehr-bridge", ["system/*.read"], "admin")
+            create_client(s, "ehr-bridge", ["system/*.read"], actor="admin")
 
 
 @pytest.mark.parametrize("scopes", [[], ["patient/Patient.read"], ["system/Patient.delete"], ["system/patient.read"]])
 def test_bad_scopes_are_refused(engine, scopes):
     with pytest.raises(ClientError):
         with writing(engine) as s:
-            create_client(s, "x", scopes, None)
+            create_client(s, "x", scopes, actor="admin")
 
 
 def test_scope_semantics():

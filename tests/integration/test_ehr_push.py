@@ -23,8 +23,8 @@ from cxr_fhir.ehr.auth import Auth
 from cxr_fhir.ehr.client import EhrClient
 from cxr_fhir.ehr.worker import DeliveryWorker, Policy
 from cxr_fhir.fhir.mapping import OBSERVATION_ID_SYSTEM, REPORT_ID_SYSTEM
-from cxr_fhir.services.outbox import OutboxService
 from cxr_fhir.security.clients import create_client
+from cxr_fhir.services.outbox import OutboxService
 from cxr_fhir.services.reports import ReportService
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
@@ -76,7 +76,8 @@ def _drain_until(worker, engine, done, timeout_s=30.0):
         if done():
             return
         time.sleep(0.1)
-    raise AssertionError(f"not done within {timeout_s}s: {[(r.status, r.attempts, r.last_error) for r in _rows(engine)]}")
+    raise AssertionError(f"not done within {timeout_s}s: "
+                         f"{[(r.status, r.attempts, r.last_error) for r in _rows(engine)]}")
 
 
 def _counts(ehr: EhrServer, made) -> dict[str, int]:
@@ -121,7 +122,8 @@ def test_report_pushed_with_every_reference_resolvable(engine, ehr, images):
         "E", "0", "system", "DiagnosticReport", made.report_id)
 
     # The doctor confirms: the new version replaces the old one in the EHR, nothing is duplicated.
-    ReportService(engine, push_enabled=True).confirm(made.report_id, actor="dr.a", conclusion="Small effusion.")
+    with writing(engine) as s:
+        ReportService(push_enabled=True).confirm(s, made.report_id, actor="dr.a", conclusion="Small effusion.")
     assert OutboxService(engine).status_for_report(made.report_id).fhir_code == "pending"
     assert _worker(engine, images, ehr.base_url).drain() == 1
     assert _counts(ehr, made) == ONCE
@@ -132,9 +134,11 @@ def test_report_pushed_with_every_reference_resolvable(engine, ehr, images):
 
 def test_only_the_newest_version_goes_out(sqlite_engine, ehr, images):
     made = make_report(sqlite_engine, images)
-    reports = ReportService(sqlite_engine, push_enabled=True)
-    reports.confirm(made.report_id, actor="dr.a")
-    reports.amend(made.report_id, "Amended: no effusion.", actor="dr.a")
+    reports = ReportService(push_enabled=True)
+    with writing(sqlite_engine) as s:
+        reports.confirm(s, made.report_id, actor="dr.a")
+    with writing(sqlite_engine) as s:
+        reports.amend(s, made.report_id, "Amended: no effusion.", actor="dr.a")
     assert [r.report_version for r in _rows(sqlite_engine)] == [1, 2, 3]
 
     worker = _worker(sqlite_engine, images, ehr.base_url)
@@ -167,7 +171,8 @@ def test_ehr_down_then_back_delivers_exactly_once(sqlite_engine, own_ehr, images
 
     # Down again while the doctor confirms; back with the same data: still one of everything.
     own_ehr.stop()
-    ReportService(sqlite_engine, push_enabled=True).confirm(made.report_id, actor="dr.a")
+    with writing(sqlite_engine) as s:
+        ReportService(push_enabled=True).confirm(s, made.report_id, actor="dr.a")
     worker.drain()
     assert OutboxService(sqlite_engine).status_for_report(made.report_id).status == "pending"
     own_ehr.start()
@@ -241,7 +246,8 @@ def test_rejected_bundle_is_dead_lettered_with_the_reason_and_retried_by_hand(tm
     import httpx
     for _ in range(2):
         httpx.post(f"{ehr.base_url}/Patient", json={"resourceType": "Patient", "identifier": [
-            {"system": MRN_SYSTEM, "value": made.mrn}]}, headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+            {"system": MRN_SYSTEM, "value": made.mrn}]},
+            headers={"Content-Type": "application/fhir+json"}).raise_for_status()
     worker = _worker(sqlite_engine, images, ehr.base_url)
     assert worker.drain() == 1
     [row] = _rows(sqlite_engine)
@@ -399,7 +405,7 @@ def test_app_runs_the_worker_and_ready_shows_the_backlog(tmp_path, ehr, images):
         assert r.json()["checks"]["ehr_push"].startswith("enabled")
         # The FHIR API shows the delivery status on the report, without a new report version.
         with writing(engine) as s:
-            token = create_client(s, "ehr-status", ["system/DiagnosticReport.read"], created_by="t")[1]
+            token = create_client(s, "ehr-status", ["system/DiagnosticReport.read"], actor="t")[1]
         auth = {"Authorization": f"Bearer {token}"}
         dr = client.get(f"/fhir/DiagnosticReport/{made.report_id}", headers=auth).json()
         assert dr["extension"] == [{"url": "urn:cxr-fhir:ehr-delivery-status", "valueCode": "delivered"}]

@@ -53,7 +53,8 @@ def scripted():
 
 
 def _oo(text):
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]}
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]}
 
 
 OK = (200, {}, {"resourceType": "Bundle", "type": "transaction-response",
@@ -135,7 +136,8 @@ def test_too_old_is_dead_after_one_failure(engine, tmp_path, scripted):
     made, worker = _setup(engine, tmp_path, scripted, max_age=timedelta(seconds=0))
     Scripted.answers = [(503, {}, _oo("down"))]
     worker.drain()
-    assert _row(engine).status == "dead" and "gave up after 1 attempt(s) and the maximum age: HTTP 503" in _row(engine).last_error
+    assert (_row(engine).status == "dead"
+            and "gave up after 1 attempt(s) and the maximum age: HTTP 503" in _row(engine).last_error)
 
 
 def test_401_fetches_a_fresh_credential_once(engine, tmp_path, scripted):

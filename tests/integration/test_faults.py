@@ -42,7 +42,7 @@ def test_interrupted_studies_are_failed_visibly_and_recent_ones_left_alone(engin
                                                   actor="t").id
         for name in ("old-queued", "old-analyzing", "done"):
             s.get(Study, ids[name]).updated_at = utcnow() - timedelta(hours=1)
-    assert AnalysisService.fail_interrupted_in(engine, timedelta(minutes=5)) == 2
+    assert AnalysisService.fail_interrupted(engine, timedelta(minutes=5)) == 2
     with Session(engine) as s:
         status = {name: (s.get(Study, i).status, s.get(Study, i).failure_reason) for name, i in ids.items()}
     assert status["old-queued"][0] == status["old-analyzing"][0] == "failed"

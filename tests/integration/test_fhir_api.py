@@ -70,7 +70,7 @@ def seen() -> Iterator[list[dict]]:
 
 def _token(engine, name: str, scopes: list[str]) -> str:
     with writing(engine) as s:
-        return create_client(s, name, scopes, created_by="test")[1]
+        return create_client(s, name, scopes, actor="test")[1]
 
 
 @pytest.fixture
@@ -259,15 +259,16 @@ def test_transaction_resolves_urn_uuid_and_chained_search_includes(api):
 
 
 def test_transaction_is_all_or_nothing_and_batch_is_not(api, engine):
-    with Session(engine) as s:
-        before = s.exec(select(func.count()).select_from(FhirResource)).one()
+    stored = select(func.count()).select_from(FhirResource).where(FhirResource.resource_type != "AuditEvent")
+    with Session(engine) as s:  # the audit trail grows with every request, refused ones too
+        before = s.exec(stored).one()
     bad = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": _patient("Kept"), "request": {"method": "POST", "url": "Patient"}},
         {"resource": {"resourceType": "Patient", "bogus": 1}, "request": {"method": "POST", "url": "Patient"}}]}
     r = api("POST", "/fhir", bad)
     assert r.status_code == 400 and "nothing was stored" in r.json()["issue"][0]["diagnostics"]
     with Session(engine) as s:
-        assert s.exec(select(func.count()).select_from(FhirResource)).one() == before
+        assert s.exec(stored).one() == before
     batch = {**bad, "type": "batch"}
     r = api("POST", "/fhir", batch)
     assert r.status_code == 200 and r.json()["type"] == "batch-response"
@@ -326,9 +327,18 @@ def test_tokens_scopes_and_audit(api, engine):
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
     assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}).status_code == 403
     everything = _token(engine, "audit-writer", ["system/AuditEvent.*"])
-    assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}, token=everything).status_code == 404
-    assert api("DELETE", f"/fhir/AuditEvent/{events['entry'][0]['resource']['id']}", token=everything
-               ).status_code == 404  # never editable, whatever the scope
+    # Never editable, whatever the scope: a read-only type (as Provenance) has no write interaction: 405.
+    sample = events["entry"][0]["resource"]
+    eid, written = sample["id"], {k: v for k, v in sample.items() if k not in ("id", "meta")}
+    assert api("POST", "/fhir/AuditEvent", {"resourceType": "AuditEvent"}, token=everything).status_code == 400
+    assert api("POST", "/fhir/AuditEvent", written, token=everything).status_code == 405
+    assert api("PUT", f"/fhir/AuditEvent/{eid}", {**written, "id": eid}, token=everything).status_code == 405
+    assert api("DELETE", f"/fhir/AuditEvent/{eid}", token=everything).status_code == 405
+    assert api("PUT", "/fhir/AuditEvent/new-one", {**written, "id": "new-one"}, token=everything).status_code == 405
+    kept = api("GET", f"/fhir/AuditEvent/{eid}", token=everything)
+    assert kept.status_code == 200 and kept.json()["meta"]["versionId"] == "1"
+    with Session(engine) as s:
+        assert s.get(FhirResource, ("AuditEvent", "new-one")) is None
 
 
 def test_negotiation_and_errors_are_operation_outcomes(api):

@@ -12,8 +12,8 @@ from cxr_fhir.fhir import mapping
 from cxr_fhir.inference.pipeline import Pipeline
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.settings import PROJECT_ROOT
-from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage import migrate
+from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository
 from cxr_fhir.storage.tables import Patient
@@ -51,7 +51,8 @@ def test_every_emitted_resource_is_valid_r4(uploaded):
     patient, up, images, pipeline = uploaded
     obs = mapping.observations(up.analysis, up.study, up.report)
     overlay = images.get(up.analysis.overlays[up.analysis.top3[0]["finding"]])
-    resources = [mapping.patient(patient), mapping.imaging_study(up.study), mapping.device(pipeline.model_info),
+    resources = [mapping.patient(patient), mapping.imaging_study(up.study),
+                 mapping.device(pipeline.model_info.as_dict()),
                  *obs, mapping.diagnostic_report(up.report, up.analysis, up.study, obs, overlay)]
     wire = [mapping.to_wire(r) for r in resources]
     results = validate(wire)

@@ -12,17 +12,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from cxr_fhir.app import create_app
-from cxr_fhir.storage.fhir.index import date_range
 from cxr_fhir.fhir.search_params import PARAMS
-from cxr_fhir.storage.fhir.store import _unescape, split_escaped
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import writing
+from cxr_fhir.storage.fhir.index import date_range
+from cxr_fhir.storage.fhir.store import _unescape, split_escaped
 
 FHIR = "application/fhir+json"
 MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
@@ -46,7 +47,7 @@ def api(tmp_path_factory) -> Iterator[tuple[TestClient, dict[str, str]]]:
     app = create_app(settings_)
     migrate.upgrade(app.state.services.engine, settings_.migrations_dir)
     with writing(app.state.services.engine) as s:
-        token = create_client(s, "hypothesis", ["system/*.*"], created_by="test")[1]
+        token = create_client(s, "hypothesis", ["system/*.*"], actor="test")[1]
     headers = {"Authorization": f"Bearer {token}", "Accept": FHIR}
     with TestClient(app) as client:
         for i, family in enumerate(["Lovelace", "O'Brien_%", "Zoë", "李"]):

@@ -8,8 +8,10 @@ from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
 from cxr_fhir.settings import PROJECT_ROOT
-from cxr_fhir.storage import migrate
-from cxr_fhir.storage import tables  # noqa: F401
+from cxr_fhir.storage import (
+    migrate,
+    tables,  # noqa: F401
+)
 from cxr_fhir.storage.db import make_engine
 
 MIGRATIONS = PROJECT_ROOT / "migrations"

@@ -9,30 +9,33 @@ import pytest
 from sqlmodel import Session, func, select
 
 from cxr_fhir.services.patients import PatientInput, PatientInvalid, PatientService
+from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.tables import Patient
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.1"
 
 
 def test_every_wrong_field_is_named(engine):
-    svc = PatientService(engine, SYSTEM)
-    with pytest.raises(PatientInvalid) as bad:
-        svc.register(PatientInput(family=" ", given="A\x1bB", sex="robot", birth_date=date(2999, 1, 1),
+    svc = PatientService(SYSTEM)
+    with pytest.raises(PatientInvalid) as bad, writing(engine) as s:
+        svc.register(s, PatientInput(family=" ", given="A\x1bB", sex="robot", birth_date=date(2999, 1, 1),
                                   triage_level=9), actor="t")
     assert set(bad.value.errors) == {"family", "given", "sex", "birth_date", "triage_level"}
-    ok = svc.register(PatientInput(family="Nguyễn", given="Thị Minh 🌸", mrn="M-1"), actor="t")
+    with writing(engine) as s:
+        ok = svc.register(s, PatientInput(family="Nguyễn", given="Thị Minh 🌸", mrn="M-1"), actor="t")
     assert (ok.family, ok.given, ok.mrn_system) == ("Nguyễn", "Thị Minh 🌸", SYSTEM)
 
 
 def test_mrn_is_unique_among_living_patients_even_when_registered_at_once(engine):
-    svc = PatientService(engine, SYSTEM)
+    svc = PatientService(SYSTEM)
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
 
     def register(i: int) -> None:
         barrier.wait()
         try:
-            svc.register(PatientInput(family=f"Race{i}", mrn="DUP-1"), actor="t")
+            with writing(engine) as s:
+                svc.register(s, PatientInput(family=f"Race{i}", mrn="DUP-1"), actor="t")
             outcomes.append("ok")
         except PatientInvalid as exc:
             outcomes.append(exc.errors["mrn"])
@@ -48,5 +51,7 @@ def test_mrn_is_unique_among_living_patients_even_when_registered_at_once(engine
     with Session(engine) as s:
         assert s.exec(select(func.count()).select_from(Patient).where(Patient.mrn == "DUP-1")).one() == 1
         first = s.exec(select(Patient).where(Patient.mrn == "DUP-1")).one()
-    svc.delete(first.id, actor="t")  # a deleted patient's MRN may be given to a new registration
-    assert svc.register(PatientInput(family="Again", mrn="DUP-1"), actor="t").mrn == "DUP-1"
+    with writing(engine) as s:
+        svc.delete(s, first.id, actor="t")  # a deleted patient's MRN may be given to a new registration
+    with writing(engine) as s:
+        assert svc.register(s, PatientInput(family="Again", mrn="DUP-1"), actor="t").mrn == "DUP-1"

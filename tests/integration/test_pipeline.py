@@ -14,6 +14,7 @@ from cxr_fhir.domain.findings import FINDING_NAMES
 from cxr_fhir.imaging import ImageRejected, load_path
 from cxr_fhir.inference.pipeline import Pipeline
 from cxr_fhir.inference.registry import ModelRegistryError, read_manifest
+from cxr_fhir.services.analysis import prioritise
 from cxr_fhir.settings import PROJECT_ROOT
 
 WEIGHTS = PROJECT_ROOT / "weights"
@@ -35,17 +36,18 @@ def test_full_result_for_a_real_1024px_radiograph(pipeline, original):
     a = pipeline.run(image)
     assert list(a.probabilities) == list(FINDING_NAMES)
     assert all(0.0 <= p <= 1.0 for p in a.probabilities.values())
-    probs = [t["probability"] for t in a.top3]
+    probs = [t.probability for t in a.top3]
     assert len(a.top3) == 3 and probs == sorted(probs, reverse=True)
     assert probs[0] == max(a.probabilities.values())
-    assert a.priority in {"routine", "urgent", "stat"}
+    # The triage is the service's, applied to the pipeline's result (the pipeline knows no triage).
+    assert prioritise(a, pipeline.thresholds, image).priority in {"routine", "urgent", "stat"}
     for box in a.boxes:
-        assert box["finding"] in FINDING_NAMES and box["source"] in {"detector", "heatmap"}
-        assert 0 <= box["x1"] < box["x2"] <= 1024 and 0 <= box["y1"] < box["y2"] <= 1024
-    assert set(a.overlays) == {t["finding"] for t in a.top3}
-    overlay = Image.open(io.BytesIO(a.overlays[a.top3[0]["finding"]]))
+        assert box.finding in FINDING_NAMES and box.source in {"detector", "heatmap"}
+        assert 0 <= box.x1 < box.x2 <= 1024 and 0 <= box.y1 < box.y2 <= 1024
+    assert set(a.overlays) == {t.finding for t in a.top3}
+    overlay = Image.open(io.BytesIO(a.overlays[a.top3[0].finding]))
     assert overlay.size == (512, 512) and overlay.mode == "RGB"
-    assert a.model["manifest_sha256"] and a.model["name"] == "cxr-fhir-classifier"
+    assert a.model.manifest_sha256 and a.model.name == "cxr-fhir-classifier"
     assert all(a.heatmaps[k].max() <= 1.0 for k in a.heatmaps)
 
 

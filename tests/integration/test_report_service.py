@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session, select
 
+from cxr_fhir.domain.errors import Gone, VersionConflict
 from cxr_fhir.services.reports import ReportService, ReportStateError, StudyService
 from cxr_fhir.storage.db import writing
-from cxr_fhir.domain.errors import Gone, VersionConflict
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from cxr_fhir.storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 
@@ -26,28 +26,31 @@ def report_id(engine) -> str:
 
 def _outbox(engine) -> list[tuple[str, int]]:
     with Session(engine) as s:
-        return [(r.report_id, r.report_version) for r in s.exec(select(OutboxDelivery).order_by(OutboxDelivery.report_version))]
+        return [(r.report_id, r.report_version)
+                for r in s.exec(select(OutboxDelivery).order_by(OutboxDelivery.report_version))]
 
 
 def test_confirm_then_amend_queues_each_version(engine, report_id):
-    svc = ReportService(engine, push_enabled=True)
-    r = svc.confirm(report_id, actor="dr.a", conclusion="  No acute finding.  ")
+    svc = ReportService(push_enabled=True)
+    with writing(engine) as s:
+        r = svc.confirm(s, report_id, actor="dr.a", conclusion="  No acute finding.  ")
     assert (r.status, r.version_id, r.conclusion, r.confirmed_by) == ("final", 2, "No acute finding.", "dr.a")
-    with pytest.raises(ReportStateError):
-        svc.confirm(report_id, actor="dr.a")
-    with pytest.raises(VersionConflict):
-        svc.amend(report_id, "Small effusion.", actor="dr.b", expected_version=1)
-    r = svc.amend(report_id, "Small left effusion.", actor="dr.b", expected_version=2)
+    with pytest.raises(ReportStateError), writing(engine) as s:
+        svc.confirm(s, report_id, actor="dr.a")
+    with pytest.raises(VersionConflict), writing(engine) as s:
+        svc.amend(s, report_id, "Small effusion.", actor="dr.b", expected_version=1)
+    with writing(engine) as s:
+        r = svc.amend(s, report_id, "Small left effusion.", actor="dr.b", expected_version=2)
     assert (r.status, r.version_id) == ("amended", 3)
     assert _outbox(engine) == [(report_id, 2), (report_id, 3)]
 
 
 def test_rules_refuse_without_writing(engine, report_id):
-    svc = ReportService(engine, push_enabled=True)
-    with pytest.raises(ReportStateError):
-        svc.amend(report_id, "text", actor="dr.a")  # still preliminary
-    with pytest.raises(ReportStateError):
-        svc.confirm(report_id, actor="dr.a", conclusion="   ")
+    svc = ReportService(push_enabled=True)
+    with pytest.raises(ReportStateError), writing(engine) as s:
+        svc.amend(s, report_id, "text", actor="dr.a")  # still preliminary
+    with pytest.raises(ReportStateError), writing(engine) as s:
+        svc.confirm(s, report_id, actor="dr.a", conclusion="   ")
     with writing(engine) as s:
         assert ReportRepository(s).get(report_id).version_id == 1
     assert _outbox(engine) == []
@@ -56,7 +59,8 @@ def test_rules_refuse_without_writing(engine, report_id):
 def test_delete_study_cancels_report_and_keeps_history(engine, report_id):
     with writing(engine) as s:
         study_id = ReportRepository(s).get(report_id).study_id
-    StudyService(engine, push_enabled=False).delete(study_id, actor="dr.a")
+    with writing(engine) as s:
+        StudyService(push_enabled=False).delete(s, study_id, actor="dr.a")
     with writing(engine) as s:
         with pytest.raises(Gone):
             StudyRepository(s).get(study_id)

@@ -10,7 +10,8 @@ import json
 from collections import Counter
 
 import schemathesis
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -33,7 +34,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     engine = app.state.services.engine
     migrate.upgrade(engine, settings.migrations_dir)
     with writing(engine) as s:
-        token = create_client(s, "schemathesis", ["system/*.*", "system/AuditEvent.read"], created_by="test")[1]
+        token = create_client(s, "schemathesis", ["system/*.*", "system/AuditEvent.read"], actor="test")[1]
     auth = {"Authorization": f"Bearer {token}"}
     # Resources under a known id, so that the cases with rid=SEEDED reach the stored ones.
     from litestar.testing import TestClient
@@ -58,17 +59,18 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     for operation in operations:
         fixed = [{}, {"rid": SEEDED}] if "{rid}" in operation.path else [{}]
         for mode, path_parameters in [(GenerationMode.POSITIVE, p) for p in fixed] + [(GenerationMode.NEGATIVE, {})]:
+            # run() is called at once, within this iteration, so the loop variables it reads are current.
             @hsettings(max_examples=CASES_PER_MODE, deadline=None, database=None,
                        suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters or None))
             def run(case):
-                ran[operation.label] += 1
+                ran[operation.label] += 1  # noqa: B023
                 response = case.call(headers=auth)
                 statuses[response.status_code] += 1
                 try:
                     case.validate_response(response, checks=[not_a_server_error], headers=auth)
                 except Exception as exc:  # collect them all, then fail once with the list
-                    failures.append(f"{operation.label} {mode.value}: {response.status_code} "
+                    failures.append(f"{operation.label} {mode.value}: {response.status_code} "  # noqa: B023
                                     f"{case.path_parameters} {case.query} -> {str(exc)[:300]}")
 
             try:
@@ -99,7 +101,7 @@ def test_web_pages_get_no_server_error_from_generated_requests(tmp_path):
     app = create_app(settings)
     migrate.upgrade(app.state.services.engine, settings.migrations_dir)
     with writing(app.state.services.engine) as s:
-        create_user(s, "admin", "correct-horse-battery", "admin")
+        create_user(s, "admin", "correct-horse-battery", "admin", actor="test")
     with TestClient(app) as client:
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
         assert client.post("/login", data={"username": "admin", "password": "correct-horse-battery",
@@ -117,15 +119,16 @@ def test_web_pages_get_no_server_error_from_generated_requests(tmp_path):
     failures: list[str] = []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            # run() is called at once, within this iteration, so the loop variables it reads are current.
             @hsettings(max_examples=WEB_CASES_PER_MODE, deadline=None, database=None,
                        suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case):
-                ran[operation.label] += 1
+                ran[operation.label] += 1  # noqa: B023
                 response = case.call(headers=headers, cookies=cookies)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
-                    failures.append(f"{operation.label} {mode.value}: {response.status_code} {case.path_parameters} "
+                    failures.append(f"{operation.label} {mode.value}: {response.status_code} {case.path_parameters} "  # noqa: B023
                                     f"{case.query} {str(case.body)[:200]}")
 
             try:

@@ -24,8 +24,8 @@ def app_settings(settings, db_url):
     engine = make_engine(db_url)
     migrate.upgrade(engine, settings.migrations_dir)
     with writing(engine) as s:
-        create_user(s, "dr.grey", PASSWORD, "doctor")
-        create_user(s, "admin", PASSWORD, "admin")
+        create_user(s, "dr.grey", PASSWORD, "doctor", actor="test")
+        create_user(s, "admin", PASSWORD, "admin", actor="test")
     engine.dispose()
     return settings
 
@@ -152,9 +152,11 @@ def test_patient_form_shows_errors_next_to_fields_and_keeps_input(client):
 def test_patient_search_filters_and_audit(client, app_settings):
     login(client)
     engine = make_engine(app_settings.effective_database_url)
-    svc = PatientService(engine, app_settings.hospital_mrn_system)
+    svc = PatientService(app_settings.hospital_mrn_system)
     for i, (family, area, level) in enumerate([("Smith", "Resus", 1), ("Smythe", "Majors", 3), ("Jones", "Resus", 3)]):
-        svc.register(PatientInput(family=family, mrn=f"MRN-{i}", er_area=area, triage_level=level), actor="test")
+        with writing(engine) as s:
+            svc.register(s, PatientInput(family=family, mrn=f"MRN-{i}", er_area=area, triage_level=level),
+                         actor="test")
     engine.dispose()
     partial = client.get("/patients?q=sm", headers={"HX-Request": "true", "HX-Target": "patient-results"})
     assert "Smith" in partial.text and "Smythe" in partial.text and "Jones" not in partial.text
@@ -192,6 +194,26 @@ def test_admin_can_open_admin_pages_and_create_users(client, app_settings):
     made_client = client.post("/admin/clients", data={"_csrf_token": token, "name": "ehr", "scopes": "system/*.read"})
     assert re.search(r'id="new-token">cxr_', made_client.text)
     assert "Model card" in client.get("/admin/model").text
+
+
+def test_admin_form_errors_sit_next_to_the_field_the_security_room_names(client):
+    """A user named 'password-desk' that already exists is a username error, not a password one (the
+    page once picked the field by looking for words in the message)."""
+    login(client, "admin")
+    token = csrf(client, "/admin/users")
+    form = {"_csrf_token": token, "username": "password-desk", "password": PASSWORD, "role": "doctor"}
+    assert client.post("/admin/users", data=form).status_code == 200
+    again = client.post("/admin/users", data=form)
+    assert again.status_code == 422
+    assert re.search(r'<div class="field invalid"><label for="new-username">', again.text)
+    assert '<label for="new-password">' in again.text and 'field invalid"><label for="new-password"' not in again.text
+    clash = client.post("/admin/clients", data={"_csrf_token": token, "name": "scope-reader",
+                                                "scopes": "system/Patient.read"})
+    assert clash.status_code == 200
+    clash = client.post("/admin/clients", data={"_csrf_token": token, "name": "scope-reader",
+                                                "scopes": "system/Patient.read"})
+    assert clash.status_code == 422 and 'field invalid"><label for="client-name"' in clash.text
+    assert 'field invalid"><label for="client-scopes"' not in clash.text
 
 
 def test_security_headers_on_web_pages(client):

@@ -56,8 +56,8 @@ def open_app(tmp_path):
             stack.callback(engine.dispose)
             migrate.upgrade(engine, settings.migrations_dir)
             with writing(engine) as s:
-                create_user(s, "dr.grey", PASSWORD, "doctor")
-                create_user(s, "admin", PASSWORD, "admin")
+                create_user(s, "dr.grey", PASSWORD, "doctor", actor="test")
+                create_user(s, "admin", PASSWORD, "admin", actor="test")
             client = stack.enter_context(TestClient(app=create_app(settings)))
             time.sleep(0.3)  # the app's worker has looked once (nothing due) and now sleeps for an hour
             return client, engine, ImageStore(settings.image_store_dir)
@@ -89,7 +89,8 @@ def _duplicate_patient_in_ehr(ehr, mrn: str) -> None:
     """Two EHR records for one MRN: the conditional create cannot choose and refuses (HTTP 412)."""
     for _ in range(2):
         httpx.post(f"{ehr.base_url}/Patient", json={"resourceType": "Patient", "identifier": [
-            {"system": MRN_SYSTEM, "value": mrn}]}, headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+            {"system": MRN_SYSTEM, "value": mrn}]},
+            headers={"Content-Type": "application/fhir+json"}).raise_for_status()
 
 
 def test_push_disabled(open_app):

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .analysis import Finding
 from .findings import BY_NAME
 
 DISCLAIMER = "AI-generated preliminary result, not reviewed by a radiologist."
 
 
-def conclusion(top3: list[dict], priority: str, reasons: list[str]) -> str:
-    present = [t for t in top3 if t["present"]]
+def _scored(item: Finding | Mapping[str, Any]) -> tuple[str, float, bool]:
+    """(finding, probability, present) of a typed top-3 entry or its stored dict."""
+    if isinstance(item, Finding):
+        return item.finding, item.probability, item.present
+    return str(item["finding"]), float(item["probability"]), bool(item["present"])
+
+
+def conclusion(top3: Sequence[Finding | Mapping[str, Any]], priority: str, reasons: Sequence[str]) -> str:
+    scored = [_scored(t) for t in top3]
+    present = [(name, p) for name, p, is_present in scored if is_present]
     if present:
-        findings = "; ".join(f"{BY_NAME[t['finding']].display} (probability {t['probability']:.0%})" for t in present)
+        findings = "; ".join(f"{BY_NAME[name].display} (probability {p:.0%})" for name, p in present)
         head = f"Suggestive of: {findings}."
     else:
-        best = top3[0]
+        name, p, _ = scored[0]
         head = (f"No finding reaches its operating threshold; most likely "
-                f"{BY_NAME[best['finding']].display.lower()} ({best['probability']:.0%}).")
+                f"{BY_NAME[name].display.lower()} ({p:.0%}).")
     why = f" ({', '.join(reasons)})" if reasons else ""
     return f"{head} Triage priority: {priority.upper()}{why}. {DISCLAIMER}"

@@ -20,6 +20,7 @@ from fhir.resources.R4B.bundle import Bundle
 from ..storage.tables import Analysis, Patient, Report, Study
 from . import mapping
 
+
 def _escape(text: str) -> str:
     """FHIR search escaping: a bare ',' would mean OR and '|' would split system from value."""
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
@@ -29,7 +30,7 @@ def _token(identifier: dict[str, Any]) -> str:
     return quote(f"{_escape(identifier['system'])}|{_escape(identifier['value'])}", safe="")
 
 
-def _portable(resource) -> dict[str, Any]:
+def _portable(resource: Any) -> dict[str, Any]:
     """Our resource without our logical id and version (the EHR assigns its own)."""
     wire = mapping.to_wire(resource)
     wire.pop("id", None)
@@ -49,7 +50,7 @@ def ehr_transaction(patient: Patient, study: Study, analysis: Analysis, report: 
              f"Device/{model.id}": urls["device"],
              **{f"Observation/{oid}": url for oid, url in obs_urls.items()}}
 
-    def relink(wire: dict[str, Any]) -> dict[str, Any]:
+    def relink(wire: Any) -> Any:
         """Point references at the bundle's own entries (the EHR knows none of our ids)."""
         if isinstance(wire, dict):
             return {k: (local.get(v, v) if k == "reference" else relink(v)) for k, v in wire.items()}
@@ -57,7 +58,7 @@ def ehr_transaction(patient: Patient, study: Study, analysis: Analysis, report: 
             return [relink(v) for v in wire]
         return wire
 
-    entries = []
+    entries: list[dict[str, Any]] = []
     pt = _portable(mapping.patient(patient))
     entries.append({"fullUrl": urls["patient"], "resource": pt,
                     "request": {"method": "POST", "url": "Patient",
@@ -77,4 +78,5 @@ def ehr_transaction(patient: Patient, study: Study, analysis: Analysis, report: 
     dr = relink(_portable(mapping.diagnostic_report(report, analysis, study, observations, overlay_png)))
     entries.append({"fullUrl": urls["report"], "resource": dr,
                     "request": {"method": "PUT", "url": f"DiagnosticReport?identifier={_token(dr['identifier'][0])}"}})
-    return Bundle(type="transaction", entry=entries)
+    # Validated from plain JSON (the model's constructor is typed for BundleEntry objects).
+    return Bundle.model_validate({"type": "transaction", "entry": entries})

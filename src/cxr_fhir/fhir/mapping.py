@@ -6,6 +6,7 @@ The resources are serialised with ``to_wire``, which never emits empty fields or
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,8 @@ MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 PROVENANCE_ROLE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 US_CORE_DR_NOTE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-diagnosticreport-note"
 EHR_DELIVERY_STATUS_URL = "urn:cxr-fhir:ehr-delivery-status"
+# The outbox status of a report's newest delivery -> the valueCode of that extension.
+FHIR_CODE = {"pending": "pending", "delivered": "delivered", "dead": "failed"}
 
 # R4 ImagingStudy.status and Observation/DiagnosticReport.status from ours.
 STUDY_STATUS = {"received": "registered", "queued": "registered", "analyzing": "registered",
@@ -90,7 +93,7 @@ def imaging_study(row: Study) -> ImagingStudy:
         "started": _instant(row.acquired_at or row.created_at),
         "modality": [modality], "numberOfSeries": 1, "numberOfInstances": 1,
     }
-    identifiers = []
+    identifiers: list[dict[str, Any]] = []
     if row.study_uid:
         identifiers.append({"system": "urn:dicom:uid", "value": f"urn:oid:{row.study_uid}"})
     if row.accession_number:
@@ -113,11 +116,12 @@ def device_id(manifest_sha256: str) -> str:
 
 
 def device(model: dict[str, Any]) -> Device:
-    return Device(**{
+    return Device.model_validate({
         "id": device_id(model["manifest_sha256"]), "status": "active", "manufacturer": "cxr-fhir project",
         "identifier": [{"system": DEVICE_ID_SYSTEM, "value": model["manifest_sha256"]}],
         "deviceName": [{"name": model["name"], "type": "model-name"}],
-        "version": [{"value": model["version"]}, {"type": {"text": "manifest-sha256"}, "value": model["manifest_sha256"]}],
+        "version": [{"value": model["version"]},
+                    {"type": {"text": "manifest-sha256"}, "value": model["manifest_sha256"]}],
         "note": [{"text": "AI model; not a medical device; not for clinical use."}],
     })
 
@@ -139,11 +143,12 @@ def model_of(analysis: Analysis) -> dict[str, Any]:
 
 def observations(analysis: Analysis, study: Study, report: Report) -> list[Observation]:
     """One Observation per finding of the top three."""
-    out = []
+    out: list[Observation] = []
     for rank, item in enumerate(analysis.top3, start=1):
         name = item["finding"]
-        components = [
-            {"code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "probability", "display": "Calibrated probability"}]},
+        components: list[dict[str, Any]] = [
+            {"code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "probability",
+                                  "display": "Calibrated probability"}]},
              "valueQuantity": _unitless(item["probability"])},
             {"code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "threshold", "display": "Operating threshold"}]},
              "valueQuantity": _unitless(item["threshold"])},
@@ -152,8 +157,9 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
             components.append({
                 "code": {"coding": [{"system": COMPONENT_SYSTEM, "code": "bounding-box",
                                      "display": "Region (x1,y1,x2,y2 image pixels)"}]},
-                "valueString": f"{box['x1']},{box['y1']},{box['x2']},{box['y2']} ({box['source']}, {box['confidence']})"})
-        out.append(Observation(**{
+                "valueString": (f"{box['x1']},{box['y1']},{box['x2']},{box['y2']} "
+                                f"({box['source']}, {box['confidence']})")})
+        out.append(Observation.model_validate({
             "id": f"{analysis.id}-{rank}",
             "meta": _meta(report.version_id, report.updated_at, ai=True),
             "identifier": [{"system": OBSERVATION_ID_SYSTEM, "value": f"{analysis.id}-{rank}"}],
@@ -252,14 +258,29 @@ _AUDIT_TYPES = {
 }
 
 
-def audit_event(row: AuditEvent) -> FhirAuditEvent:
+# Who acted, as AuditEvent.agent.who.identifier (the `agent` search parameter): by kind of agent.
+AUDIT_AGENT_SYSTEM = {"client": "urn:cxr-fhir:client", "user": "urn:cxr-fhir:user", "system": "urn:cxr-fhir:system"}
+# The patient an event on another resource belongs to, as a second entity (DICOM audit: role 1).
+_PATIENT_ENTITY = {"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
+                            "display": "Person"},
+                   "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                            "display": "Patient"}}
+_CODE = re.compile(r"[^\s]+( [^\s]+)*")  # what an R4 code may be
+
+
+def audit_event(row: AuditEvent, patient: str | None = None) -> FhirAuditEvent:
+    """``patient``: the id of the Patient the event is about when its entity is another resource
+    of that patient (a DiagnosticReport), rendered as a second entity."""
     if row.subtype in _AUDIT_TYPES:
         type_, subtype = _AUDIT_TYPES[row.subtype]
     else:
         type_ = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
                  "display": "RESTful Operation"}
         subtype = {"system": _REST, "code": row.subtype}
-    agent: dict[str, Any] = {"who": {"display": f"{row.agent_type}:{row.agent_id or 'anonymous'}"}, "requestor": True}
+    who: dict[str, Any] = {"display": f"{row.agent_type}:{row.agent_id or 'anonymous'}"}
+    if row.agent_id and row.agent_type in AUDIT_AGENT_SYSTEM:
+        who["identifier"] = {"system": AUDIT_AGENT_SYSTEM[row.agent_type], "value": row.agent_id}
+    agent: dict[str, Any] = {"who": who, "requestor": True}
     if row.source_ip:
         agent["network"] = {"address": row.source_ip, "type": "2"}
     data: dict[str, Any] = {
@@ -274,9 +295,13 @@ def audit_event(row: AuditEvent) -> FhirAuditEvent:
         entity: dict[str, Any] = {}
         if row.entity_type and row.entity_id:
             entity["what"] = {"reference": f"{row.entity_type}/{row.entity_id}"}
-        elif row.entity_type:
+        elif row.entity_type and _CODE.fullmatch(row.entity_type):
             entity["type"] = {"system": "http://hl7.org/fhir/resource-types", "code": row.entity_type}
+        elif row.entity_type:  # what a malformed request named as its type: no code, but kept
+            entity["description"] = row.entity_type
         if row.query:
             entity["query"] = base64.b64encode(row.query.encode()).decode()
         data["entity"] = [entity]
+    if patient and not (row.entity_type == "Patient" and row.entity_id == patient):
+        data.setdefault("entity", []).append({"what": {"reference": f"Patient/{patient}"}, **_PATIENT_ENTITY})
     return FhirAuditEvent(**data)

@@ -21,11 +21,17 @@ class SearchParam:
     targets: tuple[str, ...] = ()  # reference: resource types it may point at
     definition: str = ""
     documentation: str = ""
+    # reference: index only references to the targets (FHIRPath ``.where(resolve() is Patient)``).
+    only_targets: bool = False
 
 
 def _p(name: str, type_: str, *paths: str, targets: tuple[str, ...] = (), definition: str | None = None,
-       doc: str = "") -> SearchParam:
-    return SearchParam(name, type_, paths, targets, definition or f"{R4}{name}", doc)
+       doc: str = "", only_targets: bool = False) -> SearchParam:
+    return SearchParam(name, type_, paths, targets, definition or f"{R4}{name}", doc, only_targets)
+
+
+# What an audit event can be about, for _include and a reference given without its type.
+_AUDITED = ("Patient", "ImagingStudy", "DiagnosticReport", "Observation", "Device", "Media", "Provenance")
 
 
 def _clinical(type_: str) -> list[SearchParam]:
@@ -97,6 +103,22 @@ PARAMS: dict[str, dict[str, SearchParam]] = {
            definition=f"{R4}Provenance-target"),
         _p("agent", "reference", "agent.who", targets=("Device",), definition=f"{R4}Provenance-agent"),
         _p("recorded", "date", "recorded", definition=f"{R4}Provenance-recorded"),
+    ]},
+    # One is written for every request, so only what an auditor asks for is indexed.
+    "AuditEvent": {p.name: p for p in [
+        _p("date", "date", "recorded", definition=f"{R4}AuditEvent-date"),
+        _p("agent", "token", "agent.who.identifier", definition=f"{OURS}AuditEvent-agent",
+           doc="Who acted: AuditEvent.agent.who.identifier, the API client's or user's name (system "
+               "urn:cxr-fhir:client, urn:cxr-fhir:user or urn:cxr-fhir:system); a token here, where R4's "
+               "agent is a reference"),
+        _p("patient", "reference", "entity.what", targets=("Patient",), only_targets=True,
+           definition=f"{R4}AuditEvent-patient",
+           doc="The Patient the event is about: the entity itself, or the patient of the resource acted on"),
+        _p("entity", "reference", "entity.what", targets=_AUDITED, definition=f"{R4}AuditEvent-entity"),
+        _p("type", "token", "type", definition=f"{R4}AuditEvent-type"),
+        _p("subtype", "token", "subtype", definition=f"{R4}AuditEvent-subtype"),
+        _p("action", "token", "action", definition=f"{R4}AuditEvent-action"),
+        _p("outcome", "token", "outcome", definition=f"{R4}AuditEvent-outcome"),
     ]},
 }
 

@@ -1,6 +1,7 @@
 """Bytes -> a validated, normalised radiograph with its metadata, or a rejection with a reason."""
 
 from .errors import ImageRejected
-from .loader import XRayImage, load, load_path
+from .image import XRayImage
+from .loader import load, load_path
 
 __all__ = ["ImageRejected", "XRayImage", "load", "load_path"]

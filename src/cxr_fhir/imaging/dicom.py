@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from .errors import ImageRejected
-from .loader import XRayImage, check_geometry, stretch
+from .image import XRayImage, check_geometry, stretch
 
 RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
@@ -31,7 +31,8 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
         raise ImageRejected("multi-frame", "multi-frame DICOM is not supported; upload one radiograph")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     check_geometry(cols, rows, max_pixels, min_side)
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric == "PALETTE COLOR":
         raise ImageRejected("colour-photograph", "colour DICOM is not a radiograph")
     syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
     try:
@@ -39,7 +40,8 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
     except Exception as exc:
         if syntax is not None and not syntax.is_compressed:
             raise ImageRejected("corrupt", "the DICOM pixel data is truncated or malformed") from exc
-        raise ImageRejected("unsupported-format", f"cannot decode this DICOM pixel data (transfer syntax {syntax})") from exc
+        raise ImageRejected("unsupported-format",
+                            f"cannot decode this DICOM pixel data (transfer syntax {syntax})") from exc
     arr = apply_modality_lut(raw, ds)
     arr = apply_voi_lut(arr, ds) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else arr
     with np.errstate(over="ignore", invalid="ignore"):
@@ -47,7 +49,7 @@ def decode_dicom(data: bytes, max_pixels: int, min_side: int) -> XRayImage:
     if not np.isfinite(arr).all():
         raise ImageRejected("corrupt", "the DICOM rescale or VOI values give pixels that are not numbers")
     pixels = stretch(arr)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1 shows low values white; we want bone bright
     return XRayImage(pixels=np.ascontiguousarray(pixels), media_type="application/dicom",
                      bits=int(ds.get("BitsStored", 16) or 16), metadata=_metadata(ds, modality))

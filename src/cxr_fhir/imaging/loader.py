@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .dicom import decode_dicom
 from .errors import ImageRejected
+from .image import (
+    DEFAULT_MAX_PIXELS,
+    MAX_SIDE,
+    MIN_SIDE,
+    XRayImage,
+    check_geometry,
+    stretch,
+)
 
-MIN_SIDE = 128
-MAX_SIDE = 16384
-DEFAULT_MAX_PIXELS = 80_000_000
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_CHROMA", "MAX_SIDE", "MIN_SIDE", "XRayImage", "check_geometry", "load",
+           "load_path", "sniff", "stretch"]
+
 # Mean absolute difference between colour channels (0..1) above which an RGB file is a colour photo.
 MAX_CHROMA = 0.04
-
-
-@dataclass
-class XRayImage:
-    pixels: np.ndarray            # float32, (H, W), 0 = black .. 1 = white (bone bright)
-    media_type: str               # image/png | image/jpeg | application/dicom
-    bits: int                     # bits per sample in the source
-    metadata: dict[str, Any] = field(default_factory=dict)  # DICOM UIDs, modality, patient ... when known
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
 
 
 def sniff(data: bytes) -> str:
@@ -56,8 +47,6 @@ def load(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_
     media_type = sniff(data)
     try:
         if media_type == "application/dicom":
-            from .dicom import decode_dicom
-
             image = decode_dicom(data, max_pixels, min_side)
         else:
             image = _decode_raster(data, media_type, max_pixels, min_side)
@@ -75,21 +64,6 @@ def load(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_
 
 def load_path(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> XRayImage:
     return load(Path(path).read_bytes(), max_pixels, min_side)
-
-
-def stretch(arr: np.ndarray) -> np.ndarray:
-    """Float32 values mapped onto 0..1 by their own minimum and maximum (all zero when flat)."""
-    lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-
-
-def check_geometry(width: int, height: int, max_pixels: int, min_side: int = MIN_SIDE) -> None:
-    if width * height > max_pixels or max(width, height) > MAX_SIDE:
-        raise ImageRejected("too-large", f"the image is too large ({width}x{height} pixels)")
-    if min(width, height) < min_side:
-        raise ImageRejected("too-small", f"the image is too small ({width}x{height}; at least {min_side} px a side)")
-    if max(width, height) / min(width, height) > 2.5:
-        raise ImageRejected("not-a-chest-radiograph", f"implausible aspect ratio for a chest radiograph ({width}x{height})")
 
 
 def _decode_raster(data: bytes, media_type: str, max_pixels: int, min_side: int) -> XRayImage:

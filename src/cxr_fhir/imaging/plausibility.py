@@ -16,14 +16,16 @@ from .errors import ImageRejected
 
 def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
     """Zero-mean, unit-norm (size*size,) vector: invariant to brightness and contrast."""
-    t = cv2.resize(pixels.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_AREA).ravel()
+    small: np.ndarray = cv2.resize(pixels.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_AREA)
+    t = small.ravel()
     t = t - t.mean()
-    return t / (np.linalg.norm(t) + 1e-8)
+    unit: np.ndarray = t / (np.linalg.norm(t) + 1e-8)
+    return unit
 
 
 def similarity(pixels: np.ndarray, prototypes: np.ndarray) -> float:
     """Highest correlation with any prototype (rows: unit vectors)."""
-    size = int(round(np.sqrt(prototypes.shape[1])))
+    size = round(float(np.sqrt(prototypes.shape[1])))
     return float((prototypes @ thumbnail(pixels, size)).max())
 
 

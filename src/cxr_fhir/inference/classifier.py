@@ -34,7 +34,8 @@ class Classifier:
         self.thresholds: dict[str, float] = entry["thresholds"]
         # The calibration was fitted on logits computed under the same precision: keep them equal.
         self.bf16 = entry.get("precision", "float32") == "bfloat16"
-        self.members = []
+        # timm models: forward_features/forward_head are not part of nn.Module's (typed) interface.
+        self.members: list[Any] = []
         for file_entry in entry["files"]:
             path = verified_file(weights_dir, file_entry)
             model = timm.create_model(entry["architecture"], pretrained=False, in_chans=entry.get("in_chans", 1),
@@ -43,7 +44,8 @@ class Classifier:
                 state = torch.load(path, map_location="cpu", weights_only=True)
                 model.load_state_dict(state)
             except Exception as exc:
-                raise ModelRegistryError(f"weight file {path.name} does not fit {entry['architecture']}: {exc}") from exc
+                raise ModelRegistryError(
+                    f"weight file {path.name} does not fit {entry['architecture']}: {exc}") from exc
             self.members.append(model.eval().to(memory_format=torch.channels_last))
 
     def input_tensor(self, pixels: np.ndarray) -> torch.Tensor:
@@ -56,27 +58,33 @@ class Classifier:
         head alone, from the logits back to the last feature map.
         """
         x = self.input_tensor(pixels).contiguous(memory_format=torch.channels_last)
-        feats, logits = [], []
+        feats: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             for m in self.members:
                 feats.append(m.forward_features(x).float())
-        for m, f in zip(self.members, feats):
+        for m, f in zip(self.members, feats, strict=True):
             f.requires_grad_(True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 logits.append(m.forward_head(f).float())
         mean_logits = torch.stack(logits).mean(0)[0]
         probs = calibrate(mean_logits.detach().numpy()[None], self.platt)
         reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}
-        ranked = sorted(reported, key=reported.get, reverse=True)
-        cams = {}
+        ranked = sorted(reported, key=lambda k: reported[k], reverse=True)
+        cams: dict[str, np.ndarray] = {}
         for name in ranked[:cam_for]:
             out = self._cam_output(name, probs[0])
             grads = torch.autograd.grad(mean_logits[out], feats, retain_graph=True)
-            cam = sum(torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(1))[0] for g, f in zip(grads, feats))
-            cam = cam.detach().numpy()
+            total: torch.Tensor | None = None
+            for g, f in zip(grads, feats, strict=True):  # summed over the ensemble members
+                term = torch.relu((g.mean(dim=(2, 3), keepdim=True) * f).sum(1))[0]
+                total = term if total is None else total + term
+            if total is None:
+                raise ModelRegistryError("the classifier manifest entry lists no weight files")
+            cam = total.detach().numpy()
             cams[name] = cam / cam.max() if cam.max() > 0 else cam
         return ClassifierOutput(probabilities=reported, cams=cams, ranked=ranked,
-                                outputs={k: float(v) for k, v in zip(self.outputs, probs[0])})
+                                outputs={k: float(v) for k, v in zip(self.outputs, probs[0], strict=True)})
 
     def _cam_output(self, name: str, probs: np.ndarray) -> int:
         """The output behind a finding; for a mixed finding, the one its gate favours."""

@@ -1,4 +1,7 @@
-"""image -> AnalysisResult: plausibility gate, classifier, Grad-CAM, detector, triage. Models load once."""
+"""image -> AnalysisResult: plausibility gate, classifier, Grad-CAM, detector. Models load once.
+
+The result is what the models say, typed: no triage, no HTTP, no FHIR (the services add those).
+"""
 
 from __future__ import annotations
 
@@ -12,33 +15,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..domain.triage import load_rules, triage
+from ..domain.analysis import Box, Finding, ModelInfo
 from ..imaging import XRayImage
+from ..imaging.display import display_base
 from ..imaging.plausibility import check_chest_radiograph
 from .classifier import Classifier
 from .detector import Detector
-from .heatmap import boxes_from_cam, display_base, overlay_png
+from .heatmap import boxes_from_cam, overlay_png
 from .registry import ModelRegistryError, manifest_sha256, read_manifest
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisResult:
-    probabilities: dict[str, float]
-    thresholds: dict[str, float]
-    top3: list[dict[str, Any]]
-    boxes: list[dict[str, Any]]
-    priority: str
-    priority_reasons: list[str]
-    model: dict[str, Any]
-    heatmaps: dict[str, np.ndarray] = field(repr=False)
-    overlays: dict[str, bytes] = field(default_factory=dict, repr=False)
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    """What the models found on one image."""
+
+    probabilities: dict[str, float]       # the 14 findings, calibrated, rounded to 4 places
+    thresholds: dict[str, float]          # their operating thresholds, rounded to 4 places
+    top3: list[Finding]                   # the three most likely, most likely first
+    boxes: list[Box]                      # detector boxes, plus heatmap boxes for present top-3 findings
+    model: ModelInfo
+    heatmaps: dict[str, np.ndarray] = field(repr=False)      # top-3 finding -> Grad-CAM in [0, 1]
+    overlays: dict[str, bytes] = field(default_factory=dict, repr=False)  # top-3 finding -> PNG
+    timings_ms: dict[str, float] = field(default_factory=dict)  # classify_ms, detect_ms, heatmap_ms, total_ms
 
     def as_json(self) -> dict[str, Any]:
-        """The plain-data view (what `cxr-fhir analyze --json` prints and storage keeps)."""
-        return {"probabilities": self.probabilities, "thresholds": self.thresholds, "top3": self.top3,
-                "boxes": self.boxes, "priority": self.priority, "priority_reasons": self.priority_reasons,
-                "model": self.model, "timings_ms": self.timings_ms}
+        """The plain-data view (the dict shapes storage keeps), without heatmaps and overlays."""
+        return {"probabilities": self.probabilities, "thresholds": self.thresholds,
+                "top3": [f.as_dict() for f in self.top3], "boxes": [b.as_dict() for b in self.boxes],
+                "model": self.model.as_dict(), "timings_ms": self.timings_ms}
 
 
 class Pipeline:
@@ -52,17 +56,21 @@ class Pipeline:
         self.classifier = Classifier(weights_dir, manifest["classifier"])
         self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
         self.threads = threads
-        self.rules = load_rules()
-        self.model_info = {
-            "name": manifest["classifier"]["name"], "version": manifest["classifier"]["version"],
-            "manifest_sha256": manifest_sha256(weights_dir),
-            "classifier": manifest["classifier"]["architecture"],
-            "detector": manifest["detector"]["architecture"] if self.detector else None,
-        }
+        self.model_info = ModelInfo(
+            name=str(manifest["classifier"]["name"]), version=str(manifest["classifier"]["version"]),
+            manifest_sha256=manifest_sha256(weights_dir),
+            classifier=str(manifest["classifier"]["architecture"]),
+            detector=str(manifest["detector"]["architecture"]) if self.detector else None,
+        )
         # torch modules are not re-entrant with autograd (Grad-CAM); one image at a time per pipeline.
         self._lock = threading.Lock()
         self._encoders = ThreadPoolExecutor(max_workers=3, thread_name_prefix="overlay")
         self.warm_up()
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The classifier's operating thresholds, unrounded (a copy: changing it changes nothing here)."""
+        return dict(self.classifier.thresholds)
 
     def warm_up(self) -> None:
         """One throw-away run so the first patient does not pay for lazy initialisation."""
@@ -83,7 +91,7 @@ class Pipeline:
         # Ultralytics sets torch to (cores - 1) threads when it loads and predicts: take them back.
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        t = {}
+        t: dict[str, float] = {}
         start = time.perf_counter()
         if check_plausible:
             self.check_plausible(image)
@@ -96,22 +104,22 @@ class Pipeline:
         thresholds = self.classifier.thresholds
         probs = {k: round(v, 4) for k, v in out.probabilities.items()}
         ranked = out.ranked[:3]  # the order the CAMs were made in (rounding could reorder near-ties)
-        top3 = [{"finding": k, "probability": probs[k], "threshold": round(thresholds[k], 4),
-                 "present": probs[k] >= thresholds[k]} for k in ranked]
+        top3 = [Finding(finding=k, probability=probs[k], threshold=round(thresholds[k], 4),
+                        present=probs[k] >= thresholds[k]) for k in ranked]
         for item in top3:
-            if item["present"] and not any(b["finding"] == item["finding"] for b in boxes):
-                boxes += boxes_from_cam(out.cams[item["finding"]], image.width, image.height,
-                                        item["finding"], item["probability"])
+            if item.present and not any(b.finding == item.finding for b in boxes):
+                boxes += boxes_from_cam(out.cams[item.finding], image.width, image.height,
+                                        item.finding, item.probability)
         if render_overlays:
             base = display_base(image.pixels)
             # OpenCV releases the GIL while encoding: the three PNGs are made side by side.
-            overlays = dict(zip(ranked, self._encoders.map(lambda k: overlay_png(base, out.cams[k]), ranked)))
+            pngs = self._encoders.map(lambda k: overlay_png(base, out.cams[k]), ranked)
+            overlays = dict(zip(ranked, pngs, strict=True))
         else:
             overlays = {}
         t["heatmap_ms"] = (time.perf_counter() - mark) * 1000
-        result = triage(probs, thresholds, boxes, float(image.width * image.height), self.rules)
         t["total_ms"] = (time.perf_counter() - start) * 1000
         return AnalysisResult(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
-                              top3=top3, boxes=boxes, priority=result.priority, priority_reasons=result.reasons,
-                              model=self.model_info, heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
+                              top3=top3, boxes=boxes, model=self.model_info,
+                              heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
                               timings_ms={k: round(v, 1) for k, v in t.items()})

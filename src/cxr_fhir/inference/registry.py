@@ -30,9 +30,10 @@ def read_manifest(weights_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise ModelRegistryError(f"no model manifest at {path}: train the models or point CXR_WEIGHTS_DIR at them")
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelRegistryError(f"model manifest {path} is not valid JSON: {exc}") from exc
+    return manifest
 
 
 def manifest_sha256(weights_dir: Path) -> str:
@@ -43,7 +44,8 @@ def section(weights_dir: Path, name: str) -> dict[str, Any]:
     manifest = read_manifest(weights_dir)
     if name not in manifest:
         raise ModelRegistryError(f"the model manifest has no '{name}' entry")
-    return manifest[name]
+    entry: dict[str, Any] = manifest[name]
+    return entry
 
 
 def verified_file(weights_dir: Path, entry: dict[str, str]) -> Path:

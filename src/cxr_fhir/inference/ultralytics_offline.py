@@ -25,7 +25,8 @@ def configure(runtime_dir: Path) -> Path:
             shutil.copyfile(font, target)
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update({"sync": False, "hub": False} if "hub" in SETTINGS else {"sync": False})
+    # ultralytics' SettingsManager.update has no annotations
+    SETTINGS.update({"sync": False, "hub": False} if "hub" in SETTINGS else {"sync": False})  # type: ignore[no-untyped-call]
     return config_dir
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 from sqlmodel import Session
 
+from ..domain.text import escape_control
+from ..storage.fhir import projection
 from ..storage.repositories import AuditRepository
 from ..storage.tables import AuditEvent
 
@@ -16,10 +20,19 @@ def record(session: Session, *, action: str, subtype: str, agent_type: str, agen
            source_ip: str | None = None, query: str | None = None, detail: str | None = None) -> AuditEvent:
     if action not in ACTIONS or outcome not in OUTCOMES or agent_type not in {"user", "client", "system"}:
         raise ValueError(f"bad audit event: action={action!r} outcome={outcome!r} agent_type={agent_type!r}")
-    return AuditRepository(session).record(AuditEvent(
+    event = AuditEvent(
         action=action, subtype=_clean(subtype, 32), outcome=outcome, agent_type=agent_type,
         agent_id=_clean(agent_id, 128), source_ip=_clean(source_ip, 64), entity_type=_clean(entity_type, 32),
-        entity_id=_clean(entity_id, 64), query=_clean(query), detail=_clean(detail)))
+        entity_id=_clean(entity_id, 64), query=_clean(query), detail=_clean(detail))
+    # Its FHIR AuditEvent, in the same transaction: the API searches the trail as any other type.
+    projection.audit_event(session, event)
+    return AuditRepository(session).record(event)
+
+
+@overload
+def _clean(value: str, limit: int | None = None) -> str: ...
+@overload
+def _clean(value: str | None, limit: int | None = None) -> str | None: ...
 
 
 def _clean(value: str | None, limit: int | None = None) -> str | None:
@@ -28,8 +41,7 @@ def _clean(value: str | None, limit: int | None = None) -> str | None:
     malformed, goes unaudited or turns its refusal into a server error."""
     if value is None:
         return None
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        value = "".join(c if ord(c) >= 32 and c != "\x7f" else f"\\x{ord(c):02x}" for c in value)
+    value = escape_control(value)  # C0, DEL and C1 (CSI U+009B drives terminals as ESC [ does)
     if limit is not None and len(value) > limit:
         value = value[: limit - 1] + "…"
     return value

@@ -1,4 +1,8 @@
-"""FHIR API clients: bearer tokens (only their SHA-256 is kept) carrying SMART-style system scopes."""
+"""FHIR API clients: bearer tokens (only their SHA-256 is kept) carrying SMART-style system scopes.
+
+Creating and revoking a client is audited here, in the caller's unit of work, so the admin pages and
+the command line leave the same trail: ``actor`` names who did it (a user name on the pages,
+``cli:<os user>`` from the command line) and ``source_ip`` where from, when known."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from sqlmodel import Session, select
 from ..domain.errors import Invalid
 from ..storage.tables import ApiClient
 from ..storage.types import utcnow
+from . import audit
 
 # SMART v1 system scopes: system/<ResourceType or *>.<read | write | *>
 _SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|write|\*)$")
@@ -28,20 +33,29 @@ def _digest(token: str) -> str:
 def validate_scopes(scopes: list[str]) -> list[str]:
     bad = [s for s in scopes if not _SCOPE.fullmatch(s)]
     if bad or not scopes:
-        raise ClientError(f"invalid scope(s) {bad or '(none)'}: use system/<Resource|*>.<read|write|*>")
+        raise ClientError(f"invalid scope(s) {bad or '(none)'}: use system/<Resource|*>.<read|write|*>",
+                          where=["scopes"])
     return sorted(set(scopes))
 
 
-def create_client(session: Session, name: str, scopes: list[str], created_by: str | None) -> tuple[ApiClient, str]:
-    """Returns the client and its token; the token is shown once and never stored."""
+def _audit(session: Session, action: str, client: ApiClient, detail: str, actor: str, source_ip: str | None) -> None:
+    audit.record(session, action=action, subtype="client", agent_type="user", agent_id=actor,
+                 entity_type="ApiClient", entity_id=client.id, source_ip=source_ip, detail=detail)
+
+
+def create_client(session: Session, name: str, scopes: list[str], *, actor: str,
+                  source_ip: str | None = None) -> tuple[ApiClient, str]:
+    """Returns the client and its token; the token is shown once and never stored. ``actor`` is
+    recorded as the client's creator."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
-        raise ClientError("name: 1-128 letters, digits, '.', '_' or '-'")
+        raise ClientError("name: 1-128 letters, digits, '.', '_' or '-'", where=["name"])
     if session.exec(select(ApiClient).where(ApiClient.name == name)).first() is not None:
-        raise ClientError(f"client {name!r} already exists")
+        raise ClientError(f"client {name!r} already exists", where=["name"])
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    client = ApiClient(name=name, token_sha256=_digest(token), scopes=validate_scopes(scopes), created_by=created_by)
+    client = ApiClient(name=name, token_sha256=_digest(token), scopes=validate_scopes(scopes), created_by=actor)
     session.add(client)
     session.flush()
+    _audit(session, "C", client, f"created client {name}", actor, source_ip)
     return client, token
 
 
@@ -57,7 +71,7 @@ def authenticate(session: Session, token: str) -> ApiClient | None:
     return client
 
 
-def revoke_client(session: Session, name: str) -> ApiClient:
+def revoke_client(session: Session, name: str, *, actor: str, source_ip: str | None = None) -> ApiClient:
     client = session.exec(select(ApiClient).where(ApiClient.name == name)).first()
     if client is None:
         raise ClientError(f"no client named {name!r}")
@@ -65,6 +79,7 @@ def revoke_client(session: Session, name: str) -> ApiClient:
         client.revoked_at = utcnow()
         session.add(client)
         session.flush()
+    _audit(session, "U", client, f"revoked client {name}", actor, source_ip)
     return client
 
 

@@ -8,31 +8,77 @@ with the reason.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from ..domain.errors import InvalidRequest, Unavailable
 from ..domain.report import conclusion
-from ..storage.fhir import projection
+from ..domain.triage import default_rules, triage
 from ..imaging import ImageRejected, XRayImage, load
 from ..storage.db import writing
-from ..domain.errors import Unavailable
+from ..storage.fhir import projection
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from ..storage.tables import Analysis, Report, Study
 from ..storage.types import utcnow
+from .patients import PatientService
 from .queue import InferenceQueue
 from .reports import enqueue_delivery
 
 if TYPE_CHECKING:  # the models load only where they run, not wherever this module is imported
-    from ..inference.pipeline import Pipeline
+    from ..inference.pipeline import AnalysisResult, Pipeline
 
 log = logging.getLogger("cxr_fhir.analysis")
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # SOP class for images that did not come as DICOM
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The models' result with the triage applied: everything a caller reports about one image."""
+
+    result: AnalysisResult
+    priority: str                 # routine | urgent | stat
+    priority_reasons: list[str]
+    # The pipeline's stage timings plus triage_ms; total_ms covers the pipeline and the triage.
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The plain-data view: what `cxr-fhir analyze --json` prints (and the shapes storage keeps)."""
+        r = self.result
+        return {"probabilities": r.probabilities, "thresholds": r.thresholds,
+                "top3": [f.as_dict() for f in r.top3], "boxes": [b.as_dict() for b in r.boxes],
+                "priority": self.priority, "priority_reasons": self.priority_reasons,
+                "model": r.model.as_dict(), "timings_ms": self.timings_ms}
+
+
+def prioritise(result: AnalysisResult, thresholds: Mapping[str, float], image: XRayImage,
+               rules: Mapping[str, Any] | None = None) -> Assessment:
+    """Apply the triage rules to a pipeline result. ``thresholds`` are the classifier's own
+    (unrounded) operating thresholds, as the triage has always compared against them."""
+    start = time.perf_counter()
+    decided = triage(result.probabilities, thresholds, result.boxes, float(image.width * image.height),
+                     rules if rules is not None else default_rules())
+    triage_ms = (time.perf_counter() - start) * 1000
+    timings = dict(result.timings_ms)
+    timings["triage_ms"] = round(triage_ms, 1)
+    if "total_ms" in timings:
+        timings["total_ms"] = round(timings["total_ms"] + triage_ms, 1)
+    return Assessment(result=result, priority=decided.priority, priority_reasons=list(decided.reasons),
+                      timings_ms=timings)
+
+
+def assess(pipeline: Pipeline, image: XRayImage, *, check_plausible: bool = True, render_overlays: bool = True,
+           rules: Mapping[str, Any] | None = None) -> Assessment:
+    """Run the models on one image, then the triage. Raises ImageRejected (plausibility gate)."""
+    result = pipeline.run(image, check_plausible=check_plausible, render_overlays=render_overlays)
+    return prioritise(result, pipeline.thresholds, image, rules)
 
 
 @dataclass
@@ -44,15 +90,22 @@ class Uploaded:
 
 class AnalysisService:
     def __init__(self, engine: Engine, images: ImageStore, pipeline: Pipeline, push_enabled: bool,
-                 max_image_pixels: int, queue: InferenceQueue | None = None):
+                 max_image_pixels: int, queue: InferenceQueue | None = None,
+                 patients: PatientService | None = None):
         self.engine, self.images, self.pipeline = engine, images, pipeline
+        self.patients = patients
         self.push_enabled, self.max_image_pixels = push_enabled, max_image_pixels
         self.queue = queue or InferenceQueue(max_waiting=1_000_000)
+        self.rules = default_rules()
 
-    def upload(self, patient_id: str, data: bytes, filename: str | None, actor: str) -> Uploaded:
+    def upload(self, patient_id: str | None, data: bytes, filename: str | None, actor: str) -> Uploaded:
         """Raises ImageRejected (nothing stored), Saturated (queue full, nothing stored),
         Unavailable (image store or database failing, nothing half-written) or storage
-        NotFound/Gone for the patient."""
+        NotFound/Gone for the patient.
+
+        ``patient_id`` None: the film is DICOM and names its patient (PatientID as the hospital
+        MRN), who is found or registered in the same unit of work as the study; the image is
+        decoded once, here."""
         image = load(data, self.max_image_pixels)
         with self.queue.admitted():
             self.pipeline.check_plausible(image)
@@ -64,7 +117,7 @@ class AnalysisService:
                 return Uploaded(self._mark_failed(study, f"analysis failed: {type(exc).__name__}"), None, None)
 
     @staticmethod
-    def fail_interrupted_in(engine: Engine, older_than: timedelta) -> int:
+    def fail_interrupted(engine: Engine, older_than: timedelta) -> int:
         """Studies left queued or analysing by a process that died: mark them failed, visibly.
         Only those older than any analysis could take, so another instance's work is untouched."""
         cutoff = utcnow() - older_than
@@ -78,29 +131,32 @@ class AnalysisService:
         return len(stuck)
 
     def _analyse(self, study: Study, image: XRayImage) -> Uploaded:
-        result = self.pipeline.run(image, check_plausible=False)
+        assessed = assess(self.pipeline, image, check_plausible=False, rules=self.rules)
+        result = assessed.result
         try:
             overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
         except OSError:  # the overlays are part of the result: without them the study fails, visibly
             return Uploaded(self._mark_failed(study, "the image store cannot be written (overlays)"), None, None)
         with writing(self.engine) as s:
-            analysis = Analysis(study_id=study.id, model_name=result.model["name"],
-                                model_version=result.model["version"], manifest_sha256=result.model["manifest_sha256"],
-                                probabilities=result.probabilities, top3=result.top3, boxes=result.boxes,
-                                priority=result.priority, priority_reasons=result.priority_reasons,
-                                thresholds=result.thresholds, overlays=overlays, timings_ms=result.timings_ms)
+            analysis = Analysis(study_id=study.id, model_name=result.model.name,
+                                model_version=result.model.version, manifest_sha256=result.model.manifest_sha256,
+                                probabilities=result.probabilities, top3=[f.as_dict() for f in result.top3],
+                                boxes=[b.as_dict() for b in result.boxes],
+                                priority=assessed.priority, priority_reasons=assessed.priority_reasons,
+                                thresholds=result.thresholds, overlays=overlays, timings_ms=assessed.timings_ms)
             s.add(analysis)
             s.flush()
             report = ReportRepository(s).create(
                 Report(study_id=study.id, analysis_id=analysis.id,
-                       conclusion=conclusion(result.top3, result.priority, result.priority_reasons)), actor="system")
+                       conclusion=conclusion(result.top3, assessed.priority, assessed.priority_reasons)),
+                actor="system")
             if self.push_enabled:
                 enqueue_delivery(s, report)
             study = StudyRepository(s).update(study.id, {"status": "analyzed"}, actor="system")
             projection.study(s, study)
             projection.results(s, study, analysis, report)
-        log.info("study analysed", extra={"study": study.id, "priority": result.priority,
-                                          "ms": result.timings_ms.get("total_ms")})
+        log.info("study analysed", extra={"study": study.id, "priority": assessed.priority,
+                                          "ms": assessed.timings_ms.get("total_ms")})
         return Uploaded(study, analysis, report)
 
     def _mark_failed(self, study: Study, reason: str) -> Study:
@@ -113,12 +169,17 @@ class AnalysisService:
             log.exception("could not mark study failed", extra={"study": study.id})
             return study
 
-    def _store(self, patient_id: str, image: XRayImage, data: bytes, filename: str | None, actor: str) -> Study:
+    def _store(self, patient_id: str | None, image: XRayImage, data: bytes, filename: str | None,
+               actor: str) -> Study:
         """The file first, then its row. Content-addressed files are never deleted here: another
         upload of the same bytes may already point at this one. A file whose row failed is garbage,
         harmless, and left to a sweep; a row without its file cannot happen."""
         md = image.metadata
         with writing(self.engine) as s:
+            if patient_id is None:
+                if self.patients is None:
+                    raise InvalidRequest("a patient is required")
+                patient_id = self.patients.from_dicom(s, md, actor).id
             PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
             try:
                 digest = self.images.put(data)
@@ -142,11 +203,11 @@ class AnalysisService:
             return study
 
 
-def _fail(s, study_id: str, reason: str) -> Study:
+def _fail(s: Session, study_id: str, reason: str) -> Study:
     """A study ends failed with its reason, in the API as on the pages."""
     failed = StudyRepository(s).update(study_id, {"status": "failed", "failure_reason": reason}, actor="system")
     projection.study(s, failed)
     return failed
 
 
-__all__ = ["AnalysisService", "ImageRejected", "Uploaded"]
+__all__ = ["AnalysisService", "Assessment", "ImageRejected", "Uploaded", "assess", "prioritise"]

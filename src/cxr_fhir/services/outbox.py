@@ -8,13 +8,13 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from ..domain.errors import BusinessRule, NotFound
+from ..domain.vocabulary import DeliveryStatus
+from ..fhir.mapping import FHIR_CODE
 from ..security import audit
 from ..storage.db import reading, writing
-from ..domain.errors import BusinessRule, NotFound
 from ..storage.tables import OutboxDelivery
 from ..storage.types import utcnow
-
-FHIR_CODE = {"pending": "pending", "delivered": "delivered", "dead": "failed"}
 
 
 class RetryRefused(BusinessRule):
@@ -22,10 +22,10 @@ class RetryRefused(BusinessRule):
 
 
 @dataclass(frozen=True)
-class DeliveryStatus:
+class Delivery:
     outbox_id: str
     report_version: int
-    status: str  # pending | delivered | dead
+    status: DeliveryStatus
     attempts: int
     last_error: str | None  # the EHR's reason for the last failure (also while still pending)
     next_attempt_at: datetime | None
@@ -38,23 +38,24 @@ class DeliveryStatus:
         return FHIR_CODE[self.status]
 
 
-def _status(row: OutboxDelivery) -> DeliveryStatus:
-    entries = (row.ehr_response or {}).get("entries", []) if row.status == "delivered" else []
-    return DeliveryStatus(row.id, row.report_version, row.status, row.attempts, row.last_error,
-                          row.next_attempt_at if row.status == "pending" else None, row.delivered_at,
-                          [e["id"] for e in entries if e.get("id")])
+def _status(row: OutboxDelivery) -> Delivery:
+    status = DeliveryStatus(row.status)
+    entries = (row.ehr_response or {}).get("entries", []) if status == DeliveryStatus.DELIVERED else []
+    return Delivery(row.id, row.report_version, status, row.attempts, row.last_error,
+                    row.next_attempt_at if status == DeliveryStatus.PENDING else None, row.delivered_at,
+                    [e["id"] for e in entries if e.get("id")])
 
 
 def newest(s: Session, report_id: str) -> OutboxDelivery | None:
-    return s.exec(select(OutboxDelivery).where(OutboxDelivery.report_id == report_id)
+    return s.exec(select(OutboxDelivery).where(col(OutboxDelivery.report_id) == report_id)
                   .order_by(col(OutboxDelivery.report_version).desc(), col(OutboxDelivery.created_at).desc())).first()
 
 
 class OutboxService:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def status_for_report(self, report_id: str) -> DeliveryStatus | None:
+    def status_for_report(self, report_id: str) -> Delivery | None:
         """The delivery of the report's newest version; None when it was never queued (push off)."""
         with reading(self.engine) as s:
             row = newest(s, report_id)
@@ -64,29 +65,31 @@ class OutboxService:
         with reading(self.engine) as s:
             stmt = select(OutboxDelivery)
             if status:
-                stmt = stmt.where(OutboxDelivery.status == status)
+                stmt = stmt.where(col(OutboxDelivery.status) == status)
             return list(s.exec(stmt.order_by(col(OutboxDelivery.created_at).desc()).limit(limit)).all())
 
     def backlog(self) -> dict[str, int]:
         """Counts for /ready: deliveries still to go, and dead letters awaiting an operator."""
         with reading(self.engine) as s:
-            rows = dict(s.exec(select(OutboxDelivery.status, func.count()).group_by(OutboxDelivery.status)).all())
-        return {"pending": rows.get("pending", 0), "dead": rows.get("dead", 0)}
+            rows = dict(s.exec(select(col(OutboxDelivery.status), func.count())
+                               .group_by(col(OutboxDelivery.status))).all())
+        return {"pending": rows.get(DeliveryStatus.PENDING, 0), "dead": rows.get(DeliveryStatus.DEAD, 0)}
 
     def retry(self, outbox_id: str, actor: str) -> OutboxDelivery:
         """Queue a failed (or waiting) delivery for an attempt now, with a fresh attempt count.
         The age limit still counts from when the report changed, so a very old one gets one try."""
         with writing(self.engine) as s:
-            row = s.exec(select(OutboxDelivery).where(OutboxDelivery.id == outbox_id).with_for_update()).first()
+            row = s.exec(select(OutboxDelivery).where(col(OutboxDelivery.id) == outbox_id).with_for_update()).first()
             if row is None:
                 raise NotFound(f"outbox delivery {outbox_id} not found")
-            if row.status == "delivered":
+            if row.status == DeliveryStatus.DELIVERED:
                 raise RetryRefused(f"delivery {outbox_id} was already delivered")
             latest = newest(s, row.report_id)
+            assert latest is not None  # ``row`` itself is one of the report's deliveries
             if latest.id != row.id:
                 raise RetryRefused(f"report version {row.report_version} is replaced by version "
                                    f"{latest.report_version} (delivery {latest.id}); retry that one")
-            row.status, row.attempts, row.next_attempt_at = "pending", 0, utcnow()
+            row.status, row.attempts, row.next_attempt_at = DeliveryStatus.PENDING, 0, utcnow()
             s.add(row)
             audit.record(s, action="U", subtype="delivery-retry", agent_type="user", agent_id=actor,
                          entity_type="DiagnosticReport", entity_id=row.report_id, detail=f"outbox {row.id}")

@@ -11,20 +11,16 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from ..domain.errors import Duplicate, Invalid
+from ..domain.errors import Duplicate, Invalid, InvalidRequest
 from ..domain.text import has_control
 from ..storage.fhir import projection
-from ..storage.db import writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
 
 GENDERS = ("male", "female", "other", "unknown")
-EDITABLE = ("mrn", "mrn_system", "family", "given", "birth_date", "sex", "er_area", "triage_level",
-            "attending_doctor", "notes")
 
 
 class PatientInvalid(Invalid):
@@ -93,18 +89,16 @@ def validate(data: PatientInput, default_system: str) -> dict[str, Any]:
 
 
 class PatientService:
-    def __init__(self, engine: Engine, default_mrn_system: str):
-        self.engine, self.default_mrn_system = engine, default_mrn_system
+    """The patient registry. Each method works inside the caller's unit of work (``writing``), so
+    a FHIR transaction can register a patient and file a study under it atomically."""
 
-    def register(self, data: PatientInput, actor: str, fhir_extra: dict[str, Any] | None = None,
+    def __init__(self, default_mrn_system: str):
+        self.default_mrn_system = default_mrn_system
+
+    def register(self, s: Session, data: PatientInput, actor: str, fhir_extra: dict[str, Any] | None = None,
                  patient_id: str | None = None) -> Patient:
         """``fhir_extra``: the rest of a Patient posted over FHIR (telecom, address ...), kept as sent."""
         values = validate(data, self.default_mrn_system)
-        with writing(self.engine) as s:
-            return self.register_in(s, values, actor, fhir_extra, patient_id)
-
-    def register_in(self, s: Session, values: dict[str, Any], actor: str, fhir_extra: dict[str, Any] | None = None,
-                    patient_id: str | None = None) -> Patient:
         repo = PatientRepository(s)
         self._check_mrn_free(repo, values, None)
         row = Patient(**values)
@@ -117,14 +111,9 @@ class PatientService:
         projection.patient(s, row, fhir_extra)
         return row
 
-    def update(self, patient_id: str, data: PatientInput, actor: str, expected_version: int | None = None,
-               fhir_extra: dict[str, Any] | None = None) -> Patient:
+    def update(self, s: Session, patient_id: str, data: PatientInput, actor: str,
+               expected_version: int | None = None, fhir_extra: dict[str, Any] | None = None) -> Patient:
         values = validate(data, self.default_mrn_system)
-        with writing(self.engine) as s:
-            return self.update_in(s, patient_id, values, actor, expected_version, fhir_extra)
-
-    def update_in(self, s: Session, patient_id: str, values: dict[str, Any], actor: str,
-                  expected_version: int | None = None, fhir_extra: dict[str, Any] | None = None) -> Patient:
         repo = PatientRepository(s)
         self._check_mrn_free(repo, values, patient_id)
         try:
@@ -134,14 +123,33 @@ class PatientService:
         projection.patient(s, row, fhir_extra)
         return row
 
-    def delete(self, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
-        with writing(self.engine) as s:
-            return self.delete_in(s, patient_id, actor, expected_version)
-
-    def delete_in(self, s: Session, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
+    def delete(self, s: Session, patient_id: str, actor: str, expected_version: int | None = None) -> Patient:
         row = PatientRepository(s).soft_delete(patient_id, actor=actor, expected_version=expected_version)
         projection.deleted(s, "Patient", row.id, row.version_id, row.updated_at)
         return row
+
+    def from_dicom(self, s: Session, header: dict[str, Any], actor: str) -> Patient:
+        """The patient a DICOM film names (PatientID as the hospital MRN), registered from its
+        header when unknown."""
+        mrn = header.get("patient_id")
+        if not mrn:
+            raise InvalidRequest("the DICOM image has no PatientID; give a subject")
+        existing = PatientRepository(s).by_mrn(mrn, self.default_mrn_system)
+        if existing is not None:
+            return existing
+        family, _, given = (header.get("patient_name") or "Unknown").partition("^")
+        birth = header.get("patient_birth_date")
+        try:
+            born = date(int(birth[:4]), int(birth[4:6]), int(birth[6:])) if birth else None
+        except ValueError:
+            born = None
+        data = PatientInput(family=family or "Unknown", given=given.replace("^", " ").strip(), mrn=mrn,
+                            mrn_system=self.default_mrn_system, sex=header.get("patient_sex") or "unknown",
+                            birth_date=born)
+        try:
+            return self.register(s, data, actor)
+        except PatientInvalid as exc:
+            raise Invalid(f"cannot register the DICOM patient: {exc}") from exc
 
     def _check_mrn_free(self, repo: PatientRepository, values: dict[str, Any], patient_id: str | None) -> None:
         if values.get("mrn"):

@@ -6,12 +6,13 @@ change itself, so a crash can never leave a changed report that is not queued fo
 
 from __future__ import annotations
 
-from sqlalchemy.engine import Engine
+from typing import Any
+
 from sqlmodel import Session
 
 from ..domain.errors import BusinessRule
+from ..domain.vocabulary import ReportStatus
 from ..storage.fhir import projection
-from ..storage.db import writing
 from ..storage.repositories import ReportRepository, StudyRepository
 from ..storage.tables import OutboxDelivery, Report, Study
 from ..storage.types import utcnow
@@ -30,40 +31,35 @@ def enqueue_delivery(session: Session, report: Report) -> OutboxDelivery:
 
 
 class ReportService:
-    def __init__(self, engine: Engine, push_enabled: bool):
-        self.engine, self.push_enabled = engine, push_enabled
+    """Confirm and amend reports, inside the caller's unit of work (``writing``)."""
 
-    def confirm(self, report_id: str, actor: str, conclusion: str | None = None,
+    def __init__(self, push_enabled: bool):
+        self.push_enabled = push_enabled
+
+    def confirm(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
                 expected_version: int | None = None) -> Report:
         """preliminary -> final (the doctor may edit the conclusion while confirming)."""
-        with writing(self.engine) as s:
-            return self.confirm_in(s, report_id, actor, conclusion, expected_version)
-
-    def amend(self, report_id: str, conclusion: str, actor: str, expected_version: int | None = None) -> Report:
-        """final | amended -> amended with a new conclusion."""
-        with writing(self.engine) as s:
-            return self.amend_in(s, report_id, conclusion, actor, expected_version)
-
-    def confirm_in(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
-                   expected_version: int | None = None) -> Report:
         current = ReportRepository(s).get_for_update(report_id)  # two confirms cannot both pass
-        if current.status != "preliminary":
+        if current.status != ReportStatus.PRELIMINARY:
             raise ReportStateError(f"report is {current.status}; only a preliminary report can be confirmed")
-        changes = {"status": "final", "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
+        changes: dict[str, Any] = {"status": ReportStatus.FINAL, "confirmed_by": actor, "confirmed_at": utcnow(),
+                                   "issued": utcnow()}
         if conclusion is not None:
             changes["conclusion"] = _clean(conclusion)
         return self._save(s, report_id, changes, actor, expected_version)
 
-    def amend_in(self, s: Session, report_id: str, conclusion: str, actor: str,
-                 expected_version: int | None = None) -> Report:
-        current = ReportRepository(s).get_for_update(report_id)  # two confirms cannot both pass
-        if current.status not in ("final", "amended"):
+    def amend(self, s: Session, report_id: str, conclusion: str, actor: str,
+              expected_version: int | None = None) -> Report:
+        """final | amended -> amended with a new conclusion."""
+        current = ReportRepository(s).get_for_update(report_id)  # two amends cannot both pass
+        if current.status not in (ReportStatus.FINAL, ReportStatus.AMENDED):
             raise ReportStateError(f"report is {current.status}; confirm it before amending")
-        changes = {"status": "amended", "conclusion": _clean(conclusion), "confirmed_by": actor,
-                   "confirmed_at": utcnow(), "issued": utcnow()}
+        changes: dict[str, Any] = {"status": ReportStatus.AMENDED, "conclusion": _clean(conclusion),
+                                   "confirmed_by": actor, "confirmed_at": utcnow(), "issued": utcnow()}
         return self._save(s, report_id, changes, actor, expected_version)
 
-    def _save(self, s: Session, report_id: str, changes: dict, actor: str, expected_version: int | None) -> Report:
+    def _save(self, s: Session, report_id: str, changes: dict[str, Any], actor: str,
+              expected_version: int | None) -> Report:
         report = ReportRepository(s).update(report_id, changes, actor=actor, expected_version=expected_version)
         projection.report(s, report)
         if self.push_enabled:
@@ -72,22 +68,20 @@ class ReportService:
 
 
 class StudyService:
-    def __init__(self, engine: Engine, push_enabled: bool):
-        self.engine, self.push_enabled = engine, push_enabled
+    """Delete a study (logically), inside the caller's unit of work (``writing``)."""
 
-    def delete(self, study_id: str, actor: str, expected_version: int | None = None) -> Study:
-        """Logical delete: the study and its report leave the lists but stay in history and audit.
-        A report already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
-        with writing(self.engine) as s:
-            return self.delete_in(s, study_id, actor, expected_version)
+    def __init__(self, push_enabled: bool):
+        self.push_enabled = push_enabled
 
-    def delete_in(self, s: Session, study_id: str, actor: str, expected_version: int | None = None) -> Study:
+    def delete(self, s: Session, study_id: str, actor: str, expected_version: int | None = None) -> Study:
+        """The study and its report leave the lists but stay in history and audit. A report
+        already sent to the EHR is re-sent as cancelled so the EHR stops showing it."""
         study = StudyRepository(s).soft_delete(study_id, actor=actor, expected_version=expected_version)
         projection.study(s, study)
         reports = ReportRepository(s)
         report = reports.for_study(study_id)
-        if report is not None and report.status != "cancelled":
-            report = reports.update(report.id, {"status": "cancelled"}, actor=actor)
+        if report is not None and report.status != ReportStatus.CANCELLED:
+            report = reports.update(report.id, {"status": ReportStatus.CANCELLED}, actor=actor)
             projection.report(s, report)
             if self.push_enabled:
                 enqueue_delivery(s, report)

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 
 def _config(migrations_dir: Path) -> Config:
@@ -26,7 +26,7 @@ def upgrade(engine: Engine, migrations_dir: Path) -> tuple[str | None, str | Non
         if sqlite:
             # SQLite alters a table by copying and dropping it, which live foreign keys forbid; the
             # pragma only changes outside a transaction. Integrity is checked before it goes back on.
-            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+            _dbapi_execute(conn, "PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
@@ -37,8 +37,15 @@ def upgrade(engine: Engine, migrations_dir: Path) -> tuple[str | None, str | Non
                         raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
         finally:
             if sqlite:
-                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
+                _dbapi_execute(conn, "PRAGMA foreign_keys=ON")
     return before, current_revision(engine)
+
+
+def _dbapi_execute(conn: Connection, sql: str) -> None:
+    """Run on the driver's connection itself, outside SQLAlchemy's transaction handling."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None  # an open Connection always holds its driver connection
+    dbapi.execute(sql)
 
 
 def current_revision(engine: Engine) -> str | None:

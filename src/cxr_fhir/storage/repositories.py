@@ -107,7 +107,7 @@ class VersionedRepository(Generic[T]):
     def _locked(self, id: str) -> T:
         # populate_existing: a row already in this session must be re-read, or a stale version
         # would pass the optimistic check.
-        obj = self.session.exec(select(self.model).where(self.model.id == id).with_for_update()
+        obj = self.session.exec(select(self.model).where(col(self.model.id) == id).with_for_update()
                                 .execution_options(populate_existing=True)).first()
         if obj is None:
             raise NotFound(f"{self.resource_type}/{id} not found")

@@ -8,16 +8,20 @@ actor, never a row removal.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import JSON, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from ..domain.vocabulary import DeliveryStatus, Origin, ReportStatus, StudyStatus
 from .types import UTCDateTime, new_id, utcnow
-
 
 
 class VersionedFields(SQLModel):
     """Columns every versioned resource carries (FHIR meta.versionId / meta.lastUpdated)."""
+
+    if TYPE_CHECKING:  # each table declares its own ``id`` primary key (its first column)
+        id: str
 
     version_id: int = Field(default=1, nullable=False)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
@@ -69,8 +73,8 @@ class Study(VersionedFields, table=True):
     acquired_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     width: int | None = Field(default=None)
     height: int | None = Field(default=None)
-    status: str = Field(default="received", max_length=16, index=True,
-                        description="received | queued | analyzing | analyzed | failed")
+    status: str = Field(default=StudyStatus.RECEIVED, max_length=16, index=True,
+                        description="a StudyStatus: received | queued | analyzing | analyzed | failed")
     failure_reason: str | None = Field(default=None)
     uploaded_by: str | None = Field(default=None, max_length=128)
 
@@ -106,8 +110,8 @@ class Report(VersionedFields, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     study_id: str = Field(foreign_key="study.id", index=True, max_length=64)
     analysis_id: str = Field(foreign_key="analysis.id", max_length=64)
-    status: str = Field(default="preliminary", max_length=16, index=True,
-                        description="preliminary | final | amended | cancelled")
+    status: str = Field(default=ReportStatus.PRELIMINARY, max_length=16, index=True,
+                        description="a ReportStatus: preliminary | final | amended | cancelled")
     conclusion: str = Field(default="")
     issued: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     confirmed_by: str | None = Field(default=None, max_length=128)
@@ -187,7 +191,8 @@ class OutboxDelivery(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     report_id: str = Field(foreign_key="report.id", index=True, max_length=64)
     report_version: int
-    status: str = Field(default="pending", max_length=16, description="pending | delivered | dead")
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16,
+                        description="a DeliveryStatus: pending | delivered | dead")
     attempts: int = Field(default=0)
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     claimed_by: str | None = Field(default=None, max_length=128)
@@ -212,7 +217,7 @@ class FhirResource(SQLModel, table=True):
     version_id: int
     last_updated: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     deleted: bool = Field(default=False)
-    origin: str = Field(default="api", max_length=8)
+    origin: str = Field(default=Origin.API, max_length=8)
     content: dict = Field(sa_type=JSON, nullable=False)
 
 

@@ -170,6 +170,7 @@ def train_one(cfg: ClassifierConfig, seed: int, train_x: np.ndarray, train_y: np
         elif epoch + 1 - best_epoch >= cfg.patience:
             print(f"early stop: no gain for {cfg.patience} epochs (best epoch {best_epoch})", flush=True)
             break
+    assert best is not None  # the first epoch always beats the starting score of -1
     model.load_state_dict(best)
     return model, {"seed": seed, "best_epoch": best_epoch, "best_val_mean_auroc": best_score, "history": history}
 
@@ -181,13 +182,16 @@ def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: 
     print(f"patient-wise split (seed {cfg.split_seed}): {len(train)} train / {len(val)} validation images", flush=True)
     all_x = load_images(train + val, cfg.size, cache_dir)
     train_x, val_x = all_x[:len(train)], all_x[len(train):]
-    train_y = np.stack([s.labels for s in train]); val_y = np.stack([s.labels for s in val])
-    train_src = np.array([s.source for s in train]); val_src = np.array([s.source for s in val])
+    train_y = np.stack([s.labels for s in train])
+    val_y = np.stack([s.labels for s in val])
+    train_src = np.array([s.source for s in train])
+    val_src = np.array([s.source for s in val])
 
     members, runs = [], []
     for seed in cfg.seeds:
         model, run = train_one(cfg, seed, train_x, train_y, train_src, val_x, val_y, val_src)
-        members.append(model); runs.append(run)
+        members.append(model)
+        runs.append(run)
 
     # Ensemble = mean of member logits; calibration and thresholds are fitted on that mean.
     val_logits = np.mean([predict_logits(m, val_x, cfg) for m in members], axis=0)
@@ -201,7 +205,7 @@ def train_classifier(samples: list[Sample], cfg: ClassifierConfig, weights_dir: 
 
     weights_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for model, seed in zip(members, cfg.seeds):
+    for model, seed in zip(members, cfg.seeds, strict=True):
         path = weights_dir / f"classifier-{cfg.arch}-{cfg.size}-seed{seed}.pt"
         torch.save(model.state_dict(), path)
         files.append({"path": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})

@@ -10,7 +10,6 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from ..domain.findings import FINDING_NAMES, canonical
 from ..inference.registry import write_manifest_section
 from ..inference.ultralytics_offline import configure
@@ -109,7 +108,8 @@ def train_detector(image_dirs: list[Path], boxes_csv: Path, table: Path, cfg: De
         "input_size": cfg.size, "classes": list(FINDING_NAMES), "confidence": cfg.confidence,
         "files": [{"path": target.name, "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}],
         "training": {"command": command, "config": asdict(cfg), "data": counts,
-                     "split": f"patient-wise, {cfg.val_fraction:.0%} of patients to validation (seed {cfg.split_seed})"},
+                     "split": f"patient-wise, {cfg.val_fraction:.0%} of patients to validation "
+                              f"(seed {cfg.split_seed})"},
         "validation": {"mAP50": round(float(metrics.box.map50), 4), "mAP50_95": round(float(metrics.box.map), 4),
                        "images": counts["val"], "boxes": counts["val_boxes"]},
     }

@@ -36,7 +36,8 @@ def iou(a: tuple, b: tuple) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def average_precision(preds: list[tuple[float, int, tuple]], truths: dict[int, list[tuple]], thr: float = 0.5) -> float | None:
+def average_precision(preds: list[tuple[float, int, tuple]], truths: dict[int, list[tuple]],
+                      thr: float = 0.5) -> float | None:
     """VOC all-point AP for one class: preds are (score, image index, box), truths image -> boxes."""
     n_true = sum(len(v) for v in truths.values())
     if n_true == 0:
@@ -93,7 +94,7 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
         if not truths:
             continue
         scale = image.width / ORIGINAL_SIDE
-        boxes = det.detect(image.pixels) if det else []
+        boxes = [b.as_dict() for b in det.detect(image.pixels)] if det else []
         for b in boxes:
             det_preds[b["finding"]].append((b["confidence"], i, (b["x1"], b["y1"], b["x2"], b["y2"])))
         cams = result.cams
@@ -125,7 +126,8 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
     raw_a = np.asarray(raw)
     ny = labels_a[nih, FINDING_NAMES.index("Pneumonia")]
     domain_y = np.concatenate([np.zeros(int(nih.sum())), np.ones(int(ker.sum()))])
-    domain_p = np.concatenate([raw_a[nih, OUTPUTS.index(PEDIATRIC_DOMAIN)], raw_a[ker, OUTPUTS.index(PEDIATRIC_DOMAIN)]])
+    domain = OUTPUTS.index(PEDIATRIC_DOMAIN)
+    domain_p = np.concatenate([raw_a[nih, domain], raw_a[ker, domain]])
     # Why pneumonia has two outputs: each head measured on each population.
     pneumonia_heads = {
         "adult_head_on_nih": metrics.auroc(ny, raw_a[nih, OUTPUTS.index("Pneumonia")]),
@@ -138,7 +140,8 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
     }
     report = {
         "split": split, "images": len(chosen), "nih_images": int(nih.sum()), "kermany_images": int(ker.sum()),
-        "model": {"classifier": manifest["classifier"]["version"], "files": [f["path"] for f in manifest["classifier"]["files"]]},
+        "model": {"classifier": manifest["classifier"]["version"],
+                  "files": [f["path"] for f in manifest["classifier"]["files"]]},
         "per_finding": per, "mean_auroc": float(np.mean(valid)) if valid else None, "mean_auroc_ci95": mean_ci,
         "kermany_pneumonia": {"auroc": metrics.auroc(ky, kp), "ci95": metrics.bootstrap_auroc(ky, kp, bootstrap),
                               "n": int(ker.sum()), "positives": int(np.nansum(ky)) if ker.any() else 0},
@@ -171,8 +174,8 @@ def _mean_auroc_ci(y: np.ndarray, p: np.ndarray, n: int, seed: int = 0) -> tuple
     stats = []
     for _ in range(n):
         i = rng.integers(0, len(y), len(y))
-        vals = [metrics.auroc(y[i, j], p[i, j]) for j in range(y.shape[1])]
-        vals = [v for v in vals if v is not None]
+        aurocs = [metrics.auroc(y[i, j], p[i, j]) for j in range(y.shape[1])]
+        vals = [v for v in aurocs if v is not None]
         if vals:
             stats.append(np.mean(vals))
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
@@ -188,7 +191,7 @@ def _roc_figure(labels, probs, nih, ker, ky, kp, path: Path) -> None:
     fig, axes = plt.subplots(3, 5, figsize=(17, 10.5))
     curves = [(name, labels[nih, j], probs[nih, j]) for j, name in enumerate(FINDING_NAMES)]
     curves.append(("Pneumonia (pediatric, Kermany)", ky, kp))
-    for ax, (name, y, p) in zip(axes.ravel(), curves):
+    for ax, (name, y, p) in zip(axes.ravel(), curves, strict=False):
         a = metrics.auroc(y, p)
         if a is not None:
             fpr, tpr, _ = roc_curve(y, p)
@@ -209,7 +212,8 @@ def _fmt(v) -> str:
 def _markdown(r: dict) -> str:
     lines = [f"# Evaluation ({r['split']} split, {r['images']} images)", "",
              f"Mean AUROC over the 14 findings (NIH images): **{_fmt(r['mean_auroc'])}**"
-             + (f" (95% CI {r['mean_auroc_ci95'][0]:.3f}–{r['mean_auroc_ci95'][1]:.3f})" if r["mean_auroc_ci95"] else ""),
+             + (f" (95% CI {r['mean_auroc_ci95'][0]:.3f}–{r['mean_auroc_ci95'][1]:.3f})"
+                if r["mean_auroc_ci95"] else ""),
              f"Pediatric pneumonia vs normal (Kermany): **{_fmt(r['kermany_pneumonia']['auroc'])}**"
              + (f" (95% CI {r['kermany_pneumonia']['ci95'][0]:.3f}–{r['kermany_pneumonia']['ci95'][1]:.3f})"
                 if r["kermany_pneumonia"]["ci95"] else ""), "",
@@ -220,10 +224,12 @@ def _markdown(r: dict) -> str:
         lines.append(f"| {name} | {_fmt(m['auroc'])} | {ci} | {m['positives']} / {m['n']} | {m['threshold']:.3f} "
                      f"| {_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |")
     heads = r["pneumonia_heads"]
-    lines += ["", "Pneumonia outputs (AUROC): " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in heads.items())]
+    lines += ["", "Pneumonia outputs (AUROC): "
+              + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in heads.items())]
     if "localisation" in r:
         loc = r["localisation"]
-        lines += ["", f"Localisation on {loc['images_with_expert_boxes']} images with {loc['expert_boxes']} expert boxes: "
+        lines += ["", f"Localisation on {loc['images_with_expert_boxes']} images "
+                  f"with {loc['expert_boxes']} expert boxes: "
                   f"detector mAP@0.5 {_fmt(loc['detector_mAP50'])}, expert boxes hit {loc['boxes_hit_share']:.1%}, "
                   f"Grad-CAM pointing game {loc['gradcam_pointing_share']:.1%} ({loc['hit_rule']})."]
     return "\n".join(lines) + "\n"

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
-from sqlmodel import Session, col, select
+from sqlmodel import select
 
-from ..inference.registry import read_manifest
-from ..security import audit
 from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
+from ..services.audit_log import AuditFilter, audit_page
+from ..services.models import overview
 from ..services.outbox import OutboxService, RetryRefused
 from ..domain.errors import NotFound
 from ..storage.db import reading, writing
-from ..storage.tables import ApiClient, AuditEvent, User
+from ..storage.tables import ApiClient, User
 from .common import audit_read, client_ip, page, services, user
 from .queries import DELIVERY_STATES, deliveries
 from .guards import admin_required
@@ -33,10 +32,9 @@ class AdminController(Controller):
     path = "/admin"
     guards = [admin_required]
 
-    def _admin_audit(self, request: Request, s: Session, action: str, subtype: str, entity_type: str,
-                     entity_id: str | None, detail: str) -> None:
-        audit.record(s, action=action, subtype=subtype, agent_type="user", agent_id=user(request).username,
-                     entity_type=entity_type, entity_id=entity_id, source_ip=client_ip(request), detail=detail)
+    def _actor(self, request: Request) -> dict[str, Any]:
+        """Who does it and from where: the security functions write the audit event themselves."""
+        return {"actor": user(request).username, "source_ip": client_ip(request)}
 
     def _users_page(self, request: Request, status_code: int = 200, **extra: Any) -> Template:
         with reading(services(request).engine) as s:
@@ -59,13 +57,11 @@ class AdminController(Controller):
         try:
             with writing(services(request).engine) as s:
                 made = create_user(s, values["username"], data.get("password") or "", values["role"],
-                                   values["display_name"] or None)
-                self._admin_audit(request, s, "C", "user", "User", made.id, f"created {made.role} {made.username}")
+                                   values["display_name"] or None, **self._actor(request))
         except UserError as exc:
-            text = str(exc)
-            field = ("password" if "password" in text else "role" if text.startswith("role")
-                     else "username")
-            return self._users_page(request, 422, errors={field: text}, values=values)
+            # The security room names the field at fault; the message goes next to it.
+            field = exc.where[0] if exc.where else "username"
+            return self._users_page(request, 422, errors={field: str(exc)}, values=values)
         return self._users_page(request, message=f"Created {made.role} account “{made.username}”.")
 
     @post("/users/{username:str}/disable", sync_to_thread=True)
@@ -75,11 +71,9 @@ class AdminController(Controller):
             return self._users_page(request, 409, message="You cannot disable your own account.")
         try:
             with writing(services(request).engine) as s:
-                target = set_disabled(s, username, disabled)
+                target = set_disabled(s, username, disabled, **self._actor(request))
                 if disabled:
                     SessionStore.end_all_for(s, target.id)
-                self._admin_audit(request, s, "U", "user", "User", target.id,
-                                  f"{'disabled' if disabled else 'enabled'} {username}")
         except UserError as exc:
             return self._users_page(request, 404, message=str(exc))
         return self._users_page(request, message=f"{'Disabled' if disabled else 'Enabled'} “{username}”.")
@@ -88,9 +82,8 @@ class AdminController(Controller):
     def password(self, request: Request, username: FromPath[str], data: Form) -> Template:
         try:
             with writing(services(request).engine) as s:
-                target = reset_password(s, username, data.get("password") or "")
+                target = reset_password(s, username, data.get("password") or "", **self._actor(request))
                 SessionStore.end_all_for(s, target.id)
-                self._admin_audit(request, s, "U", "user", "User", target.id, f"reset password of {username}")
         except UserError as exc:
             return self._users_page(request, 422, message=f"{username}: {exc}")
         return self._users_page(request, message=f"New password set for “{username}”; their sessions were ended.")
@@ -112,10 +105,9 @@ class AdminController(Controller):
         scopes = (data.get("scopes") or "").split()
         try:
             with writing(services(request).engine) as s:
-                client, token = create_client(s, name, scopes, created_by=user(request).username)
-                self._admin_audit(request, s, "C", "client", "ApiClient", client.id, f"created client {name}")
+                _, token = create_client(s, name, scopes, **self._actor(request))
         except ClientError as exc:
-            field = "scopes" if "scope" in str(exc) else "name"
+            field = exc.where[0] if exc.where else "name"
             return self._clients_page(request, 422, errors={field: str(exc)},
                                       values={"name": name, "scopes": data.get("scopes") or ""})
         return self._clients_page(request, token=token, message=f"Created client “{name}”.")
@@ -124,8 +116,7 @@ class AdminController(Controller):
     def revoke(self, request: Request, name: FromPath[str]) -> Template:
         try:
             with writing(services(request).engine) as s:
-                client = revoke_client(s, name)
-                self._admin_audit(request, s, "U", "client", "ApiClient", client.id, f"revoked client {name}")
+                revoke_client(s, name, **self._actor(request))
         except ClientError as exc:
             return self._clients_page(request, 404, message=str(exc))
         return self._clients_page(request, message=f"Revoked “{name}”: its token no longer works.")
@@ -134,21 +125,10 @@ class AdminController(Controller):
     @get("/model", sync_to_thread=True)
     def model(self, request: Request) -> Template:
         svc = services(request)
-        card_path = svc.settings.weights_dir / "MODEL_CARD.md"
-        card = card_path.read_text() if card_path.exists() else "(weights/MODEL_CARD.md is missing)"
-        try:
-            manifest = read_manifest(svc.settings.weights_dir)
-        except Exception as exc:  # shown, not raised: the page explains what is wrong
-            manifest, error = {}, str(exc)
-        else:
-            error = None
-        classifier = manifest.get("classifier", {})
-        # What is in force: the loaded models' thresholds, else what the manifest on disk says.
-        thresholds = (dict(svc.models.classifier.thresholds) if svc.models is not None
-                      else classifier.get("thresholds", {}))
-        return page(request, "admin/model.html", card=card, classifier=classifier, detector=manifest.get("detector"),
-                    thresholds=thresholds, manifest_error=error, loaded=svc.models is not None,
-                    model_info=getattr(svc.models, "model_info", None), model_error=svc.model_error)
+        info = overview(svc.settings.weights_dir, svc.models)
+        return page(request, "admin/model.html", card=info.card, classifier=info.classifier, detector=info.detector,
+                    thresholds=info.thresholds, manifest_error=info.manifest_error, loaded=info.loaded is not None,
+                    model_info=info.loaded, model_error=svc.model_error)
 
     # -- EHR deliveries -------------------------------------------------------------------------
     def _deliveries_page(self, request: Request, status: str, status_code: int = 200,
@@ -187,28 +167,8 @@ class AdminController(Controller):
     def audit_log(self, request: Request, agent: FromQuery[str] = "", subtype: FromQuery[str] = "",
                   action: FromQuery[str] = "", since: FromQuery[str] = "", until: FromQuery[str] = "",
                   page_no: FromQuery[int] = 1) -> Template:
-        stmt = select(AuditEvent)
-        if agent.strip():
-            stmt = stmt.where(AuditEvent.agent_id == agent.strip())
-        if subtype.strip():
-            stmt = stmt.where(AuditEvent.subtype == subtype.strip())
-        if action.strip():
-            stmt = stmt.where(AuditEvent.action == action.strip()[:1])
-        errors: dict[str, str] = {}
-        for name, raw, shift in (("since", since, timedelta(0)), ("until", until, timedelta(days=1))):
-            if raw.strip():
-                try:
-                    moment = datetime.combine(date.fromisoformat(raw.strip()), time(0), tzinfo=UTC) + shift
-                except ValueError:
-                    errors[name] = "use YYYY-MM-DD"
-                    continue
-                stmt = stmt.where(col(AuditEvent.recorded) >= moment if name == "since"
-                                  else col(AuditEvent.recorded) < moment)
-        page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
         with reading(services(request).engine) as s:
-            events = s.exec(stmt.order_by(col(AuditEvent.recorded).desc())
-                            .offset((page_no - 1) * AUDIT_PAGE).limit(AUDIT_PAGE + 1)).all()
-            subtypes = sorted(s.exec(select(AuditEvent.subtype).distinct()).all())
-        return page(request, "admin/audit.html", events=events[:AUDIT_PAGE], more=len(events) > AUDIT_PAGE,
-                    page_no=page_no, errors=errors, subtypes=subtypes,
+            found = audit_page(s, AuditFilter(agent, subtype, action, since, until), page_no)
+        return page(request, "admin/audit.html", events=found.events, more=found.more, page_no=found.page_no,
+                    errors=found.errors, subtypes=found.subtypes,
                     f={"agent": agent, "subtype": subtype, "action": action, "since": since, "until": until})

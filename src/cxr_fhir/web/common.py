@@ -9,6 +9,7 @@ from litestar.response import Template
 
 from ..domain.findings import BY_NAME
 from ..security import audit
+from ..services.container import Services
 from ..storage.db import writing
 from ..storage.tables import User
 
@@ -21,8 +22,10 @@ STATUS_LABEL = {"preliminary": "Preliminary (to confirm)", "final": "Confirmed",
                 "cancelled": "Cancelled"}
 
 
-def services(request: Request) -> Any:
-    return request.app.state.services
+def services(request: Request) -> Services:
+    """The one Services object the app factory built (settings, stores, models, services)."""
+    services: Services = request.app.state.services
+    return services
 
 
 def user(request: Request) -> User:

@@ -10,11 +10,11 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 
-from ..services.outbox import OutboxService, RetryRefused
 from ..domain.errors import NotFound
+from ..services.outbox import RetryRefused
+from ..storage.db import reading
 from ..storage.tables import OutboxDelivery, Report
 from ..storage.types import utcnow
-from ..storage.db import reading
 from .common import audit_read, is_htmx, page, services, user
 from .guards import login_required
 
@@ -25,7 +25,7 @@ POLL_SECONDS = 10
 def delivery_context(request: Request, report_id: str | None) -> dict[str, Any]:
     """What partials/delivery.html needs; the status is looked up only when push is on."""
     svc = services(request)
-    status = (OutboxService(svc.engine).status_for_report(report_id)
+    status = (svc.outbox.status_for_report(report_id)
               if report_id and svc.settings.ehr_push_enabled else None)
     return {"report_id": report_id, "delivery": status, "delivery_poll": POLL_SECONDS, "now": utcnow(),
             "delivery_message": None}
@@ -63,7 +63,7 @@ class DeliveryController(Controller):
             message = "This delivery was not found; reload the page."
         else:
             try:
-                OutboxService(svc.engine).retry(row.id, actor=user(request).username)
+                svc.outbox.retry(row.id, actor=user(request).username)
             except RetryRefused as exc:
                 message = f"Not retried: {exc}."
             except NotFound:

@@ -8,6 +8,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from ..domain.text import has_control
 from ..storage.tables import User
 from .sessions import COOKIE, SessionStore
 
@@ -32,7 +33,7 @@ def login_required(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
 def _no_control_characters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     """An id, user name or finding in the path never holds a control character: such a path names
     nothing (404), and PostgreSQL would refuse U+0000 in the look-up."""
-    if any(isinstance(v, str) and any(ord(c) < 32 or c == "\x7f" for c in v) for v in connection.path_params.values()):
+    if any(isinstance(v, str) and has_control(v) for v in connection.path_params.values()):
         raise NotFoundException()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 # No inline scripts or styles, no event-handler attributes: all code is in /static.
@@ -22,8 +23,8 @@ NO_STORE = (b"cache-control", b"no-store")  # pages and images of patients stay 
 
 def security_headers(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or path.startswith("/fhir"):
+        path = scope.get("path", "") if scope["type"] == ScopeType.HTTP else ""
+        if scope["type"] != ScopeType.HTTP or path.startswith("/fhir"):
             await app(scope, receive, send)
             return
 

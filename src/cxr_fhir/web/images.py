@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ..imaging import load
-from ..inference.heatmap import OVERLAY_MAX_SIDE, display_base
+from ..imaging.display import OVERLAY_MAX_SIDE, display_base
 from ..storage.image_store import ImageStore
 
 FULL = OVERLAY_MAX_SIDE * 2   # the result view (overlays are OVERLAY_MAX_SIDE; the browser scales both)

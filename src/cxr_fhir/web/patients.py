@@ -3,6 +3,7 @@ upload and diagnosis history."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Annotated, Any
 
@@ -12,12 +13,12 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from ..domain.text import has_control
-from ..services.patients import GENDERS, PatientInput, PatientInvalid, PatientService
 from ..domain.errors import Gone, NotFound, VersionConflict
+from ..domain.text import has_control
+from ..services.patients import GENDERS, PatientInput, PatientInvalid
+from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
-from ..storage.db import reading
 from .common import audit_read, page, services, user
 from .guards import login_required
 from .queries import er_areas, patient_studies
@@ -76,6 +77,7 @@ class PatientController(Controller):
         svc = services(request)
         level = int(triage) if triage.isdecimal() and 1 <= int(triage) <= 5 else None
         page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
+        rows: Sequence[Patient]
         if has_control(q + er_area):
             # No name or MRN holds one (registration refuses them); SQLite would end the text at U+0000
             # (matching everyone) and PostgreSQL refuses it outright.
@@ -105,8 +107,8 @@ class PatientController(Controller):
         parsed, errors = parse_form(data)
         if parsed is not None:
             try:
-                patient = PatientService(svc.engine, svc.settings.hospital_mrn_system).register(
-                    parsed, actor=user(request).username)
+                with writing(svc.engine) as s:
+                    patient = svc.patients.register(s, parsed, actor=user(request).username)
                 return Redirect(f"/patients/{patient.id}", status_code=303)
             except PatientInvalid as exc:
                 errors = exc.errors
@@ -141,12 +143,18 @@ class PatientController(Controller):
         svc = services(request)
         patient = _get_patient(request, patient_id)
         values = {k: data.get(k, "") for k in FIELDS}
-        version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
+        raw_version = (data.get("version") or "").strip()
+        version = int(raw_version) if raw_version.isdecimal() and len(raw_version) < 10 else None
         parsed, errors = parse_form(data)
+        if raw_version and version is None:
+            # The hidden version is the edit's concurrency check: without it the edit would overwrite
+            # whatever is stored now, so a broken one refuses the edit rather than being dropped.
+            parsed, errors = None, {**errors, "_form": "This form is out of date; reload the page and edit again."}
         if parsed is not None:
             try:
-                PatientService(svc.engine, svc.settings.hospital_mrn_system).update(
-                    patient.id, parsed, actor=user(request).username, expected_version=version)
+                with writing(svc.engine) as s:
+                    svc.patients.update(s, patient.id, parsed, actor=user(request).username,
+                                        expected_version=version)
                 return Redirect(f"/patients/{patient.id}", status_code=303)
             except PatientInvalid as exc:
                 errors = exc.errors

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from ..domain.vocabulary import DeliveryStatus, StudyStatus
+from ..storage.db import reading
 from ..storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from ..storage.types import utcnow
-from ..storage.db import reading
 from .common import PRIORITY_RANK
 
 WORKLIST_WINDOW = timedelta(days=3)
@@ -28,9 +29,9 @@ class StudyRow:
     def priority(self) -> str:
         if self.analysis is not None:
             return self.analysis.priority
-        if self.study.status == "failed":
-            return "failed"
-        return "analyzing" if self.study.status == "analyzing" else "queued"
+        if self.study.status == StudyStatus.FAILED:
+            return StudyStatus.FAILED
+        return StudyStatus.ANALYZING if self.study.status == StudyStatus.ANALYZING else StudyStatus.QUEUED
 
     @property
     def top(self) -> dict | None:
@@ -111,7 +112,7 @@ class DeliveryRow:
     patient: Patient
 
 
-DELIVERY_STATES = ("pending", "delivered", "dead")
+DELIVERY_STATES = tuple(DeliveryStatus)
 
 
 def deliveries(engine: Engine, status: str | None = None, limit: int = 100) -> list[DeliveryRow]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete
 
 from ..storage.db import writing
 from ..storage.tables import User, WebSession
@@ -72,12 +72,3 @@ class SessionStore:
     def end_all_for(session: Session, user_id: str) -> None:
         """Log a user out everywhere (disabled account, password reset)."""
         session.exec(delete(WebSession).where(col(WebSession.user_id) == user_id))
-
-    def count_for(self, user_id: str) -> int:
-        with writing(self.engine) as s:
-            return len(s.exec(select(WebSession.token_sha256).where(WebSession.user_id == user_id)).all())
-
-
-def is_expired(row: WebSession, now: datetime | None = None) -> bool:
-    now = now or utcnow()
-    return row.expires_at <= now or row.last_seen_at + IDLE <= now

@@ -13,14 +13,14 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Template
 
+from ..domain.errors import Gone, NotFound, Unavailable, VersionConflict
 from ..domain.findings import FINDING_NAMES
 from ..imaging import ImageRejected
 from ..services.queue import Saturated
-from ..services.reports import ReportService, ReportStateError, StudyService
-from ..domain.errors import Gone, NotFound, Unavailable, VersionConflict
+from ..services.reports import ReportStateError
+from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Report
-from ..storage.db import reading
 from .common import audit_read, page, services, user
 from .delivery import delivery_context
 from .guards import login_required
@@ -33,7 +33,7 @@ MAX_FILES = 10
 # Box and legend colours, one per finding, chosen to stay distinct on a grey radiograph.
 PALETTE = ["#ff4d4d", "#ffb000", "#00c853", "#2196f3", "#e040fb", "#00e5ff", "#ff6e40", "#c6ff00",
            "#ff4081", "#7c4dff", "#64ffda", "#ffd740", "#ff9100", "#18ffff"]
-COLOURS = dict(zip(FINDING_NAMES, PALETTE))
+COLOURS = dict(zip(FINDING_NAMES, PALETTE, strict=True))
 
 
 def _renditions(request: Request) -> Renditions:
@@ -86,6 +86,7 @@ class StudyController(Controller):
                 results.append({"filename": name, "error": f"the file is larger than {limit // 2**20} MB",
                                 "code": "too-large-upload"})
                 continue
+            assert analysis is not None  # no files are left to read when the models are not loaded
             try:
                 up = await anyio.to_thread.run_sync(analysis.upload, patient_id, data, name, user(request).username)
             except ImageRejected as exc:
@@ -149,15 +150,17 @@ class StudyController(Controller):
             found = s.get(Report, report_id)
         if found is None or found.deleted_at is not None:
             raise NotFoundException()
-        reports = ReportService(svc.engine, svc.settings.ehr_push_enabled)
+        reports = svc.reports
         version = int(data["version"]) if (data.get("version") or "").isdecimal() else None
         conclusion = data.get("conclusion")
         error = None
         try:
-            if action == "confirm":
-                reports.confirm(report_id, user(request).username, conclusion=conclusion, expected_version=version)
-            else:
-                reports.amend(report_id, conclusion or "", user(request).username, expected_version=version)
+            with writing(svc.engine) as s:
+                if action == "confirm":
+                    reports.confirm(s, report_id, user(request).username, conclusion=conclusion,
+                                    expected_version=version)
+                else:
+                    reports.amend(s, report_id, conclusion or "", user(request).username, expected_version=version)
         except ReportStateError as exc:
             error = str(exc).capitalize() + "."
         except VersionConflict:
@@ -173,7 +176,8 @@ class StudyController(Controller):
     def delete(self, request: Request, study_id: FromPath[str]) -> Template:
         svc = services(request)
         row = _row(request, study_id, include_deleted=False)
-        StudyService(svc.engine, svc.settings.ehr_push_enabled).delete(row.study.id, user(request).username)
+        with writing(svc.engine) as s:
+            svc.studies.delete(s, row.study.id, user(request).username)
         return page(request, "partials/deleted.html", row=row)
 
 

@@ -10,7 +10,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_fhir.imaging import ImageRejected, load
-
 from support.images import chest_like
 
 DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"

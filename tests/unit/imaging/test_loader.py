@@ -5,7 +5,6 @@ import pytest
 from PIL import Image
 
 from cxr_fhir.imaging import ImageRejected, load
-
 from support.images import chest_like, encode, png8
 
 

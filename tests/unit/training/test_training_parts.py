@@ -9,7 +9,6 @@ from cxr_fhir.training import metrics
 from cxr_fhir.training.classifier import masked_bce
 from cxr_fhir.training.datasets import OUTPUTS, is_validation, read_kermany, read_nih, split
 from cxr_fhir.training.evaluate import average_precision, iou
-
 from support.images import png8
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from cxr_fhir.inference.heatmap import OVERLAY_MAX_SIDE
+from cxr_fhir.imaging.display import OVERLAY_MAX_SIDE
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.web.images import THUMB, Renditions, render
 from support.images import chest_like, dicom_from_png, encode, png8

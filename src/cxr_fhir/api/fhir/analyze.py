@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import date
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from ...imaging import ImageRejected, load
+from ...domain.errors import Refused, Unavailable
 from ...imaging.loader import sniff
-from ...services.queue import Saturated
-from ...services.patients import PatientInput, PatientInvalid, PatientService
-from ...storage.db import writing
-from ...domain.errors import Gone, NotFound, Unavailable
-from ...storage.repositories import PatientRepository
-from . import errors
+from ...services.container import Services
+from ...storage.db import reading
 from ...storage.fhir import store
+from . import errors
 
 OPERATION_ID = "ImagingStudy-analyze"
 OPERATION_URL = f"urn:cxr-fhir:OperationDefinition/{OPERATION_ID}"
@@ -73,63 +69,42 @@ def from_parameters(body: Any) -> tuple[bytes, str | None]:
     return data, subject
 
 
-def _patient_for(services: Any, data: bytes, subject: str | None, actor: str) -> str:
+def _patient_for(services: Services, data: bytes, subject: str | None) -> str | None:
+    """The subject's patient id; None when the DICOM film names its patient (the upload finds or
+    registers them from the header it decodes anyway)."""
     if subject:
         parts = subject.split("/_history/")[0].rstrip("/").split("/")
         if len(parts) < 2 or parts[-2] != "Patient":
             raise errors.bad_request(f"subject must be Patient/<id>, not {subject!r}")
         pid = parts[-1]
-        with writing(services.engine) as s:
+        with reading(services.engine) as s:
             store.read(s, "Patient", pid)  # 404 / 410 with an OperationOutcome
         return pid
     if sniff(data) != "application/dicom":
         raise errors.bad_request("a subject (Patient/<id>) is required unless the image is DICOM with a PatientID")
-    md = load(data, services.settings.max_image_pixels).metadata
-    mrn = md.get("patient_id")
-    if not mrn:
-        raise errors.bad_request("the DICOM image has no PatientID; give a subject")
-    system = services.settings.hospital_mrn_system
-    with writing(services.engine) as s:
-        existing = PatientRepository(s).by_mrn(mrn, system)
-        if existing is not None:
-            return existing.id
-    family, _, given = (md.get("patient_name") or "Unknown").partition("^")
-    birth = md.get("patient_birth_date")
-    try:
-        row = PatientService(services.engine, system).register(PatientInput(
-            family=family or "Unknown", given=given.replace("^", " ").strip(), mrn=mrn, mrn_system=system,
-            sex=md.get("patient_sex") or "unknown",
-            birth_date=date(int(birth[:4]), int(birth[4:6]), int(birth[6:])) if birth else None), actor)
-    except (PatientInvalid, ValueError) as exc:
-        raise errors.unprocessable(f"cannot register the DICOM patient: {exc}") from exc
-    return row.id
+    return None
 
 
-def run(services: Any, data: bytes, subject: str | None, actor: str, base: str
+def run(services: Services, data: bytes, subject: str | None, actor: str, base: str
         ) -> tuple[dict[str, Any], dict[str, float]]:
     """(the collection Bundle, the analysis' stage timings in ms) or a FhirError."""
     if services.models is None:
         raise errors.FhirError(503, services.model_error or "the models are not loaded", "transient",
                                headers={"Retry-After": "30"})
+    patient_id = _patient_for(services, data, subject)
     try:
-        patient_id = _patient_for(services, data, subject, actor)
         uploaded = services.analysis().upload(patient_id, data, None, actor)
-    except Saturated as exc:
-        raise errors.FhirError(503, str(exc), "transient", headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except Refused as exc:
+        exc.where = ["Binary.data"]  # the operation's parameter holding the refused image
+        raise
     except Unavailable as exc:
-        raise errors.FhirError(503, f"{exc}; nothing was stored, try again", "transient",
-                               headers={"Retry-After": "30"}) from exc
-    except ImageRejected as exc:
-        raise errors.FhirError(422, f"image refused ({exc.code}): {exc.reason}", "invalid", ["Binary.data"]) from exc
-    except NotFound as exc:
-        raise errors.not_found(str(exc)) from exc
-    except Gone as exc:
-        raise errors.gone(str(exc)) from exc
+        exc.message = f"{exc.message}; nothing was stored, try again"
+        raise
     if uploaded.report is None:
         raise errors.FhirError(500, f"ImagingStudy/{uploaded.study.id} was stored but its analysis failed: "
                                     f"{uploaded.study.failure_reason}", "exception")
     try:
-        with writing(services.engine) as s:
+        with reading(services.engine) as s:
             report = store.read(s, "DiagnosticReport", uploaded.report.id)
             keys = [r["reference"] for r in report.content.get("result", [])]
             rows = [report, *store.fetch(s, keys), store.read(s, "ImagingStudy", uploaded.study.id)]

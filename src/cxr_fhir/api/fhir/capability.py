@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analyze import OPERATION_URL
-from .providers import PROVIDERS
-from .providers import ReadOnlyProvider
 from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
+from .analyze import OPERATION_URL
+from .providers import PROVIDERS, ReadOnlyProvider
 
 READ = ["read", "vread", "search-type", "history-instance", "history-type"]
 WRITE = ["create", "update", "delete"]
@@ -26,6 +25,8 @@ DOCS = {
     "Device": "The AI model (name, version, manifest SHA-256).",
     "Media": "The uploaded radiograph; its pixels are Binary/<sha256>.",
     "Provenance": "The AI model as author of each report and its findings; the confirming doctor as verifier.",
+    "AuditEvent": "Every access to patient data, login and delivery; read-only, for clients holding "
+                  "system/AuditEvent.read by name (administrators; wildcards do not open it).",
 }
 
 
@@ -77,19 +78,6 @@ def _resource(rtype: str) -> dict[str, Any]:
 
 def capability_statement(base: str, software_version: str, published: str) -> dict[str, Any]:
     resources = [_resource(rtype) for rtype in PROVIDERS]
-    resources.append({"type": "AuditEvent", "documentation": "Every access to patient data; read-only, for "
-                      "clients holding system/AuditEvent.read by name (administrators; wildcards do not "
-                      "open it).",
-                      "interaction": [{"code": "read"}, {"code": "search-type"}],
-                      "searchParam": [
-                          {"name": "date", "type": "date",
-                           "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-date"},
-                          {"name": "action", "type": "token",
-                           "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-action"},
-                          {"name": "outcome", "type": "token",
-                           "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-outcome"},
-                          {"name": "entity", "type": "reference",
-                           "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-entity"}]})
     resources.append({"type": "Binary", "documentation": "Uploaded images and heatmap overlays by SHA-256; "
                       "raw bytes when the Accept header asks for them.", "interaction": [{"code": "read"}]})
     resources.append({"type": "OperationDefinition", "documentation": "The definition of $analyze.",

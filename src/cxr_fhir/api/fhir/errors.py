@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...domain.errors import (BusinessRule, CxrError, Duplicate, Gone, Invalid, InvalidRequest, NotFound,
-                              NotSupported, Refused, Unavailable, VersionConflict)
+from ...domain.errors import (
+    BusinessRule,
+    CxrError,
+    Duplicate,
+    Gone,
+    Invalid,
+    InvalidRequest,
+    NotFound,
+    NotSupported,
+    Refused,
+    Unavailable,
+    VersionConflict,
+)
 
 
 class FhirError(Exception):
@@ -76,7 +87,7 @@ def from_domain(exc: CxrError) -> FhirError:
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
     message = exc.message
     if isinstance(exc, Refused):
-        message = f"refused ({exc.code}): {exc.reason}"
+        message = f"image refused ({exc.code}): {exc.reason}"
     if isinstance(exc, Invalid) and exc.errors:
         (first, text), *rest = exc.errors.items()
         message = f"{first}: {text}"

@@ -99,6 +99,7 @@ def guarded(request: Request, interaction: str, resource_type: str | None, resou
         audit_interaction(request, client, interaction, audit_resource or resource_type, resource_id, exc.status,
                exc.diagnostics[:500])
         raise
+    assert response.status_code is not None  # every FHIR response is built with its status (negotiation.respond)
     audit_interaction(request, client, interaction, audit_resource or resource_type, resource_id, response.status_code)
     return response
 

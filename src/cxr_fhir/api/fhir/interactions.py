@@ -9,14 +9,10 @@ from urllib.parse import parse_qsl
 
 from sqlmodel import Session
 
+from ...storage.fhir import search, store
 from ...storage.tables import FhirResource
 from . import errors
-from ...storage.fhir import search
-from ...storage.fhir import store
-from .providers import PROVIDERS
-from .providers import Actor
-from .providers import Provider
-from .providers import parse
+from .providers import PROVIDERS, Actor, Provider, parse
 
 STORED_TYPES = tuple(PROVIDERS)
 

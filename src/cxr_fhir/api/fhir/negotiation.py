@@ -9,6 +9,7 @@ from typing import Any
 
 from litestar import Request, Response
 
+from ...services.container import Services
 from . import errors
 from .interactions import Result
 from .transactions import version_from_etag
@@ -25,8 +26,10 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-def services_of(request: Request) -> Any:
-    return request.app.state.services
+def services_of(request: Request) -> Services:
+    """The one Services object the app factory built (settings, stores, models, services)."""
+    services: Services = request.app.state.services
+    return services
 
 
 def response_type(request: Request) -> str:

@@ -9,21 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.params import Parameter
 
 from .interactions import STORED_TYPES
 
 # Any other type still gets its 404 from the handler.
 ResourceType = Annotated[str, Parameter(description="a FHIR resource type served here (see /fhir/metadata)",
-                                        schema_extra={"enum": [*STORED_TYPES, "AuditEvent", "Binary",
+                                        schema_extra={"enum": [*STORED_TYPES, "Binary",
                                                                "OperationDefinition"]})]
 Rid = Annotated[str, Parameter(description="the logical id ([A-Za-z0-9-.]{1,64})")]
 Vid = Annotated[str, Parameter(description="the version id (meta.versionId)")]
 
 
 def _object(required: list[str] | None = None, **properties: Schema) -> Schema:
-    return Schema(type=OpenAPIType.OBJECT, required=required, properties=properties or None)
+    props: dict[str, Schema | Reference] = dict(properties)
+    return Schema(type=OpenAPIType.OBJECT, required=required, properties=props or None)
 
 
 _TEXT, _BYTES = Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
@@ -33,13 +42,15 @@ _BUNDLE = _object(["resourceType", "type"], resourceType=Schema(type=OpenAPIType
                   type=Schema(type=OpenAPIType.STRING, enum=["batch", "transaction"]),
                   entry=Schema(type=OpenAPIType.ARRAY, items=_object(
                       ["request"], fullUrl=_TEXT, resource=_RESOURCE, request=_object(
-                          ["method", "url"], method=Schema(type=OpenAPIType.STRING, enum=["GET", "POST", "PUT", "DELETE"]),
+                          ["method", "url"],
+                          method=Schema(type=OpenAPIType.STRING, enum=["GET", "POST", "PUT", "DELETE"]),
                           url=_TEXT, ifMatch=_TEXT, ifNoneExist=_TEXT))))
 _PARAMETERS = _object(["resourceType", "parameter"], resourceType=Schema(type=OpenAPIType.STRING, const="Parameters"),
                       parameter=Schema(type=OpenAPIType.ARRAY, items=_object(
                           ["name"], name=Schema(type=OpenAPIType.STRING, enum=["subject", "image"]),
                           valueReference=_object(reference=_TEXT),
-                          resource=_object(["resourceType"], resourceType=Schema(type=OpenAPIType.STRING, const="Binary"),
+                          resource=_object(["resourceType"],
+                                           resourceType=Schema(type=OpenAPIType.STRING, const="Binary"),
                                            contentType=Schema(type=OpenAPIType.STRING, enum=["image/png", "image/jpeg",
                                                                                             "application/dicom"]),
                                            data=Schema(type=OpenAPIType.STRING, content_encoding="base64")))))

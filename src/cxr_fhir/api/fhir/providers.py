@@ -8,24 +8,25 @@ update may only confirm or amend the report, an ImagingStudy delete deletes the 
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from pydantic import ValidationError
 from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
 from sqlmodel import Session
 
-from ...services.patients import PatientInput, PatientInvalid, PatientService, validate as validate_patient
-from ...services.reports import ReportService, ReportStateError, StudyService
 from ...domain.errors import Gone, NotFound, VersionConflict
+from ...domain.text import has_control
+from ...domain.vocabulary import Origin, ReportStatus
+from ...fhir import bindings, mapping
+from ...services.patients import PatientInput, PatientInvalid, PatientService
+from ...services.reports import ReportStateError
+from ...storage.fhir import store
 from ...storage.tables import FhirResource
 from . import errors
-from ...storage.fhir import store
-from ...fhir import mapping
 
 # Elements a server owns on every resource; a client's values are replaced, never compared.
 _SERVER_OWNED = ("id", "meta", "text")
@@ -48,9 +49,10 @@ def parse(resource_type: str, body: Any) -> dict[str, Any]:
     try:
         model = get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:
-        issues = [{"severity": "error", "code": "structure", "diagnostics": e["msg"],
-                   "expression": [".".join(str(p) for p in (resource_type, *e["loc"]))]}
-                  for e in exc.errors()[:20]]
+        issues: list[dict[str, Any]] = [
+            {"severity": "error", "code": "structure", "diagnostics": e["msg"],
+             "expression": [".".join(str(p) for p in (resource_type, *e["loc"]))]}
+            for e in exc.errors()[:20]]
         raise errors.FhirError(400, f"{resource_type} is not valid FHIR R4: {exc.errors()[0]['msg']}",
                                "structure", issues[0]["expression"], issues=issues[1:]) from exc
     content = mapping.to_wire(model)
@@ -63,6 +65,12 @@ def parse(resource_type: str, body: Any) -> dict[str, Any]:
         # FHIR strings SHALL NOT hold characters below U+0020 other than tab, CR and LF; PostgreSQL
         # cannot even store U+0000 in JSON. Refused as the patient service refuses them in names.
         raise errors.unprocessable(f"{where} contains control characters", [where])
+    wrong = bindings.violations(content)
+    if wrong:
+        # R4 required bindings: the model takes any string as a code, FHIR does not.
+        raise errors.unprocessable("; ".join(f"{path}: {value!r} is not a code of its R4 value set ("
+                                             + " | ".join(codes) + ")" for path, value, codes in wrong),
+                                   [path for path, _, _ in wrong])
     return content
 
 
@@ -82,7 +90,7 @@ def _coerced(sent: Any, kept: Any, path: str) -> str | None:
             if found:
                 return found
     elif isinstance(sent, list) and isinstance(kept, list):
-        for a, b in zip(sent, kept):
+        for a, b in zip(sent, kept, strict=False):  # the kept list may have dropped elements
             found = _coerced(a, b, path)
             if found:
                 return found
@@ -91,13 +99,13 @@ def _coerced(sent: Any, kept: Any, path: str) -> str | None:
     return None
 
 
-ALLOWED_CONTROL = frozenset("\t\r\n")
+ALLOWED_CONTROL = "\t\r\n"  # FHIR strings may hold these, and nothing else below U+0020
 
 
 def _control_character(value: Any, path: str) -> str | None:
     """The FHIRPath-like location of the first string (or key) holding a control character."""
     if isinstance(value, str):
-        return path if any(unicodedata.category(c) == "Cc" and c not in ALLOWED_CONTROL for c in value) else None
+        return path if has_control(value, allowed=ALLOWED_CONTROL) else None
     if isinstance(value, dict):
         for key, child in value.items():
             found = _control_character(key, path) or _control_character(child, f"{path}.{key}")
@@ -135,7 +143,7 @@ class Provider:
             raise errors.FhirError(405, f"{self.resource_type} is read-only here", "not-supported")
         from ...storage.types import new_id as make_id
         rid = new_id or make_id()
-        store.put(s, self.resource_type, rid, _strip(content), origin="api")
+        store.put(s, self.resource_type, rid, _strip(content), origin=Origin.API)
         return store.read(s, self.resource_type, rid)
 
     def update(self, s: Session, rid: str, content: dict[str, Any], actor: Actor, if_match: int | None
@@ -143,12 +151,12 @@ class Provider:
         """Returns the new version and whether it was created by this update."""
         row = store.get_row(s, self.resource_type, rid, lock=True)
         _check_version(row, if_match)
-        if row is not None and row.deleted and row.origin == "domain":
+        if row is not None and row.deleted and row.origin == Origin.DOMAIN:
             raise errors.gone(f"{self.resource_type}/{rid} was deleted and cannot be recreated")
         if row is None or row.deleted:
             return self.create(s, content, actor, new_id=rid), True
         self._check_writable(row, "update")
-        store.put(s, self.resource_type, rid, _strip(content), origin="api")
+        store.put(s, self.resource_type, rid, _strip(content), origin=Origin.API)
         return store.read(s, self.resource_type, rid), False
 
     def delete(self, s: Session, rid: str, actor: Actor, if_match: int | None = None) -> None:
@@ -162,7 +170,9 @@ class Provider:
         store.mark_deleted(s, self.resource_type, rid)
 
     def _check_writable(self, row: FhirResource, what: str) -> None:
-        if not self.writable or row.origin == "domain":
+        if not self.writable:  # the type: no write interaction exists for it (as for a create)
+            raise errors.FhirError(405, f"{self.resource_type} is read-only here", "not-supported")
+        if row.origin == Origin.DOMAIN:
             raise errors.FhirError(422, f"{self.resource_type}/{row.id} is produced by cxr-fhir and cannot be "
                                         f"changed by {what}", "business-rule")
 
@@ -205,17 +215,14 @@ class PatientProvider(Provider):
     """Patients are our own rows; the posted JSON is kept beside them."""
 
     def _service(self) -> PatientService:
-        return PatientService(self.services.engine, self.services.settings.hospital_mrn_system)
+        return self.services.patients
 
-    def _values(self, content: dict[str, Any]) -> dict[str, Any]:
-        with _patient_paths():
-            return validate_patient(_patient_input(content, self.services.settings.hospital_mrn_system),
-                                    self.services.settings.hospital_mrn_system)
+    def _input(self, content: dict[str, Any]) -> PatientInput:
+        return _patient_input(content, self.services.settings.hospital_mrn_system)
 
     def create(self, s, content, actor, new_id=None):
         with _patient_paths():
-            row = self._service().register_in(s, self._values(content), actor.name, _strip(content),
-                                              patient_id=new_id)
+            row = self._service().register(s, self._input(content), actor.name, _strip(content), patient_id=new_id)
         return store.read(s, "Patient", row.id)
 
     def update(self, s, rid, content, actor, if_match):
@@ -227,8 +234,8 @@ class PatientProvider(Provider):
             return self.create(s, content, actor, new_id=rid), True
         # If-Match is checked again under the patient row's lock: two writers cannot both pass it.
         with _patient_paths():
-            self._service().update_in(s, rid, self._values(content), actor.name, expected_version=if_match,
-                                      fhir_extra=_strip(content))
+            self._service().update(s, rid, self._input(content), actor.name, expected_version=if_match,
+                                   fhir_extra=_strip(content))
         return store.read(s, "Patient", rid), False
 
     def delete(self, s, rid, actor, if_match=None):
@@ -237,7 +244,7 @@ class PatientProvider(Provider):
             raise errors.not_found(f"Patient/{rid} is not known")
         _check_version(row, if_match)
         if not row.deleted:
-            self._service().delete_in(s, rid, actor.name, expected_version=if_match)
+            self._service().delete(s, rid, actor.name, expected_version=if_match)
 
 
 class ImagingStudyProvider(Provider):
@@ -245,10 +252,9 @@ class ImagingStudyProvider(Provider):
 
     def delete(self, s, rid, actor, if_match=None):
         row = store.get_row(s, "ImagingStudy", rid)
-        if row is not None and row.origin == "domain" and not row.deleted:
+        if row is not None and row.origin == Origin.DOMAIN and not row.deleted:
             _check_version(row, if_match)
-            StudyService(self.services.engine, self.services.settings.ehr_push_enabled).delete_in(
-                s, rid, actor.name, expected_version=if_match)
+            self.services.studies.delete(s, rid, actor.name, expected_version=if_match)
             return
         super().delete(s, rid, actor, if_match)
 
@@ -258,7 +264,7 @@ class DiagnosticReportProvider(Provider):
 
     def update(self, s, rid, content, actor, if_match):
         row = store.get_row(s, "DiagnosticReport", rid)
-        if row is None or row.origin != "domain" or row.deleted:
+        if row is None or row.origin != Origin.DOMAIN or row.deleted:
             return super().update(s, rid, content, actor, if_match)
         _check_version(row, if_match)
         current = row.content
@@ -268,13 +274,13 @@ class DiagnosticReportProvider(Provider):
             raise errors.FhirError(422, "only status and conclusion of an AI report can change; also changed: "
                                    + ", ".join(sorted(changed)), "business-rule",
                                    [f"DiagnosticReport.{k}" for k in sorted(changed)])
-        reports = ReportService(self.services.engine, self.services.settings.ehr_push_enabled)
+        reports = self.services.reports
         status, conclusion = content.get("status"), content.get("conclusion")
         try:
-            if status == "final" and current["status"] == "preliminary":
-                reports.confirm_in(s, rid, actor.name, conclusion=conclusion, expected_version=if_match)
-            elif status == "amended" and current["status"] in ("final", "amended"):
-                reports.amend_in(s, rid, conclusion or "", actor.name, expected_version=if_match)
+            if status == ReportStatus.FINAL and current["status"] == ReportStatus.PRELIMINARY:
+                reports.confirm(s, rid, actor.name, conclusion=conclusion, expected_version=if_match)
+            elif status == ReportStatus.AMENDED and current["status"] in (ReportStatus.FINAL, ReportStatus.AMENDED):
+                reports.amend(s, rid, conclusion or "", actor.name, expected_version=if_match)
             elif status == current["status"] and conclusion == current.get("conclusion"):
                 return store.read(s, "DiagnosticReport", rid), False  # nothing to change
             else:
@@ -301,4 +307,5 @@ PROVIDERS: dict[str, type[Provider]] = {
     "Device": Provider,
     "Media": Provider,
     "Provenance": ReadOnlyProvider,
+    "AuditEvent": ReadOnlyProvider,  # written only by the audit trail itself (security.audit)
 }

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from ...domain.errors import CxrError
 from ...storage.db import reading, writing
-from ...storage.fhir import audit_events, search
+from ...storage.fhir import search
 from ...storage.fhir.delivery import with_delivery_status
 from ...storage.tables import ApiClient
 from . import analyze, errors, interactions, openapi, transactions
@@ -76,8 +76,6 @@ def search_type(request: Request, resource_type: openapi.ResourceType) -> Respon
 
     def work(client: ApiClient) -> Response:
         with reading(services_of(request).engine) as s:
-            if resource_type == "AuditEvent":
-                return respond(request, audit_events.bundle(s, pairs, base_url(request)))
             interactions.provider(resource_type, None)
             for other in search.types_read(resource_type, pairs):
                 require(client, other, "read")
@@ -140,8 +138,6 @@ def read(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid
                 raise errors.not_found(f"OperationDefinition/{rid} is not known")
             return respond(request, analyze.OPERATION_DEFINITION)
         with reading(services_of(request).engine) as s:
-            if resource_type == "AuditEvent":
-                return respond(request, audit_events.read(s, rid))
             result = interactions.read(s, resource_type, rid)
             body = with_delivery_status(s, result.resource)
         return respond(request, body, 200, resource_headers(request, result))

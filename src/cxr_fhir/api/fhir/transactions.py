@@ -17,10 +17,9 @@ from sqlmodel import Session
 
 from ...domain.errors import CxrError
 from ...storage.db import writing
-from ...storage.types import new_id
-from . import errors
-from . import interactions
 from ...storage.fhir import search
+from ...storage.types import new_id
+from . import errors, interactions
 from .providers import Actor
 
 MAX_ENTRIES = 500

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...domain.errors import InvalidRequest
-from ..tables import FhirIndex
 from ...fhir.search_params import PARAMS
+from ..tables import FhirIndex
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
                    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
@@ -138,6 +138,7 @@ def rows(resource_type: str, resource_id: str, content: dict[str, Any]) -> list[
         seen: set[tuple] = set()
         for path in param.paths:
             for value in walk(content, path):
+                items: list[dict[str, Any]]
                 if param.type == "token":
                     items = [dict(system=s, value=c[:255]) for s, c in _tokens(value)]
                 elif param.type == "string":
@@ -146,7 +147,10 @@ def rows(resource_type: str, resource_id: str, content: dict[str, Any]) -> list[
                     items = [dict(date_lo=lo, date_hi=hi) for lo, hi in _dates(value)]
                 else:  # reference
                     ref = value.get("reference") if isinstance(value, dict) else None
-                    items = [dict(value=reference_key(ref)[:255])] if ref else []
+                    target = reference_key(ref) if isinstance(ref, str) and ref else None
+                    if target and param.only_targets and target.partition("/")[0] not in param.targets:
+                        target = None
+                    items = [dict(value=target[:255])] if target else []
                 for item in items:
                     key = tuple(sorted(item.items()))
                     if key not in seen:

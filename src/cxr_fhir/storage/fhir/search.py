@@ -7,12 +7,12 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session
 
-from ...domain.text import has_control
-from ..tables import FhirResource
 from ...domain.errors import InvalidRequest
-from . import store
-from .delivery import with_delivery_status
+from ...domain.text import has_control
 from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
+from ..tables import FhirResource
+from . import store
+from .delivery import add_status, newest_statuses
 
 DEFAULT_COUNT, MAX_COUNT = 20, 500
 CONTROL = {"_count", "_offset", "_sort", "_summary", "_elements", "_include", "_revinclude", "_total",
@@ -174,16 +174,19 @@ def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: s
                                                 None if count_only else query.count, total)}
     if count_only:
         return out
-    entries = [_entry(s, row, base, "match", options["elements"]) for row in matches]
-    for extra in _included(s, resource_type, matches, options):
-        entries.append(_entry(s, extra, base, "include", None))
+    included = _included(s, resource_type, matches, options)
+    # The delivery status of every DiagnosticReport on the page, in one query.
+    statuses = newest_statuses(s, [r.id for r in (*matches, *included) if r.resource_type == "DiagnosticReport"])
+    entries = [_entry(row, statuses, base, "match", options["elements"]) for row in matches]
+    entries += [_entry(row, statuses, base, "include", None) for row in included]
     if entries:
         out["entry"] = entries
     return out
 
 
-def _entry(s: Session, row: FhirResource, base: str, mode: str, elements: list[str] | None) -> dict[str, Any]:
-    content = with_delivery_status(s, row.content)
+def _entry(row: FhirResource, statuses: dict[str, str], base: str, mode: str, elements: list[str] | None
+           ) -> dict[str, Any]:
+    content = add_status(row.content, statuses)
     return {"fullUrl": f"{base}/{row.resource_type}/{row.id}", "resource": _shape(content, elements),
             "search": {"mode": mode}}
 

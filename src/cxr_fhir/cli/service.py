@@ -1,0 +1,158 @@
+"""Commands that run the service and operate it: serve, db, worker, outbox, loadtest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..settings import Settings
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from ..app import create_app
+    from ..logs import configure_logging
+
+    configure_logging(settings.log_level)
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+    return 0
+
+
+def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from ..storage import migrate
+    from ..storage.db import make_engine, writing
+    from ..storage.fhir.projection import backfill, backfill_audit_events
+
+    engine = make_engine(settings.effective_database_url)
+    before, after = migrate.upgrade(engine, settings.migrations_dir)
+    print(f"schema at {after}" + (" (unchanged)" if before == after else f" (was {before or 'empty'})"))
+    # Rows stored before the FHIR store existed become visible to the FHIR API.
+    with writing(engine) as s:
+        counts = backfill(s)
+    with writing(engine) as s:  # a session of its own: it lets go of each batch once written
+        counts["AuditEvent"] = backfill_audit_events(s)
+    if any(counts.values()):
+        print("projected into the FHIR store: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return 0
+
+
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from ..ehr.client import EhrClient
+    from ..ehr.worker import DeliveryWorker, Policy
+    from ..logs import configure_logging
+    from ..storage.db import make_engine
+    from ..storage.image_store import ImageStore
+
+    configure_logging(settings.log_level)
+    if not settings.ehr_push_enabled:
+        print("error: EHR push is disabled: set CXR_EHR_BASE_URL", file=sys.stderr)
+        return 2
+    worker = DeliveryWorker(make_engine(settings.effective_database_url), ImageStore(settings.effective_image_store_dir),
+                            EhrClient.from_settings(settings), Policy.from_settings(settings))
+    try:
+        if args.once:
+            print(f"handled {worker.drain()} deliveries")
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.run(stop)
+    finally:
+        worker.client.close()
+    return 0
+
+
+def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
+    from ..domain.errors import NotFound
+    from ..services.outbox import OutboxService, RetryRefused
+    from ..storage.db import make_engine
+
+    service = OutboxService(make_engine(settings.effective_database_url))
+    if args.outbox_command == "retry":
+        try:
+            row = service.retry(args.id, actor="cli")
+        except (NotFound, RetryRefused) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"queued {row.id} (report {row.report_id} version {row.report_version}) for delivery now")
+        return 0
+    print("id\treport\tversion\tstatus\tattempts\tnext attempt / delivered\treason")
+    for row in service.list(args.status, args.limit):
+        when = {"pending": row.next_attempt_at, "delivered": row.delivered_at}.get(row.status)
+        reason = (row.last_error or "").replace("\n", " ")
+        print(f"{row.id}\t{row.report_id}\t{row.report_version}\t{row.status}\t{row.attempts}\t"
+              f"{f'{when:%Y-%m-%d %H:%M:%S}' if when else '-'}\t{reason}")
+    return 0
+
+
+def _cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from ..loadtest import Config, LoadTest, LoadTestError, summary, write_json
+
+    token = args.token or os.environ.get("CXR_LOADTEST_TOKEN")
+    if not token:
+        print("error: give --token or set CXR_LOADTEST_TOKEN (cxr-fhir clients create NAME --scope 'system/*.*')",
+              file=sys.stderr)
+        return 2
+    try:
+        test = LoadTest(Config(url=args.url, token=token, images=args.images, uploads=args.uploads,
+                               clients=args.clients, patients=args.patients, timeout_s=args.timeout,
+                               max_retries=args.max_retries), log=lambda m: print(m, flush=True))
+        figures = test.run()
+    except LoadTestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(figures, args.json)
+    print(summary(figures), flush=True)
+    return 0 if figures["ok"] else 1
+
+
+
+
+def register(sub: Any) -> None:
+    """Add this module's commands to the ``cxr-fhir`` parser."""
+    serve = sub.add_parser("serve", help="run the web service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_cmd_serve)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply pending migrations (idempotent)").set_defaults(func=_cmd_db_upgrade)
+
+    worker = sub.add_parser("worker", help="deliver queued reports to the EHR (also runs inside serve)")
+    worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    worker.set_defaults(func=_cmd_worker)
+
+    outbox = sub.add_parser("outbox", help="EHR deliveries: list, retry")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    o_list = outbox_sub.add_parser("list", help="newest first, with the EHR's reason for failures")
+    o_list.add_argument("--status", choices=["pending", "delivered", "dead"])
+    o_list.add_argument("--limit", type=int, default=100)
+    o_retry = outbox_sub.add_parser("retry", help="queue a failed delivery for an attempt now")
+    o_retry.add_argument("id")
+    outbox.set_defaults(func=_cmd_outbox)
+
+    lt = sub.add_parser("loadtest", help="concurrent $analyze uploads against a running server, then verify "
+                                         "through the FHIR API that none was lost, duplicated or corrupted")
+    lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (its /fhir is used)")
+    lt.add_argument("--token", help="bearer token with system/*.* (default: env CXR_LOADTEST_TOKEN)")
+    lt.add_argument("--images", nargs="+", required=True, metavar="DIR_OR_FILE", help="PNG/JPEG files or folders")
+    lt.add_argument("--uploads", type=int, default=500, help="uploads in total")
+    lt.add_argument("--clients", type=int, default=8, help="concurrent clients (threads, one connection each)")
+    lt.add_argument("--patients", type=int, default=20, help="patients registered for the run")
+    lt.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    lt.add_argument("--max-retries", type=int, default=200, help="503 retries per upload before it is an error")
+    lt.add_argument("--json", metavar="OUT", help="write the figures here")
+    lt.set_defaults(func=_cmd_loadtest)

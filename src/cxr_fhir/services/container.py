@@ -1,0 +1,48 @@
+"""What the adapters are given: the settings, the stores, the models and one instance of each
+service, built once per process by the app factory and injected into every handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Engine
+
+from ..settings import Settings
+from ..storage.image_store import ImageStore
+from .analysis import AnalysisService
+from .outbox import OutboxService
+from .patients import PatientService
+from .queue import InferenceQueue
+from .reports import ReportService, StudyService
+
+if TYPE_CHECKING:  # the models load only where they run, not wherever this module is imported
+    from ..inference.pipeline import Pipeline
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    images: ImageStore
+    queue: InferenceQueue
+    # Filled in by the lifespan once the models are loaded; None = not loaded.
+    models: Pipeline | None = None
+    model_error: str | None = None
+    patients: PatientService = field(init=False)
+    reports: ReportService = field(init=False)
+    studies: StudyService = field(init=False)
+    outbox: OutboxService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.patients = PatientService(self.settings.hospital_mrn_system)
+        self.reports = ReportService(self.settings.ehr_push_enabled)
+        self.studies = StudyService(self.settings.ehr_push_enabled)
+        self.outbox = OutboxService(self.engine)
+
+    def analysis(self) -> AnalysisService:
+        """The upload use case as the pages and $analyze run it (models loaded: check before)."""
+        if self.models is None:
+            raise RuntimeError("the models are not loaded")
+        return AnalysisService(self.engine, self.images, self.models, self.settings.ehr_push_enabled,
+                               self.settings.max_image_pixels, self.queue, self.patients)
