@@ -64,7 +64,7 @@ def seen() -> Iterator[list[dict]]:
         by_type.setdefault(body.get("resourceType"), []).append(body)
     sample = [b for group in by_type.values() for b in group[:60]]
     results = validate(sample)
-    bad = [(b.get("resourceType"), r["issues"]) for b, r in zip(sample, results) if r["issues"]]
+    bad = [(b.get("resourceType"), r["issues"]) for b, r in zip(sample, results, strict=True) if r["issues"]]
     assert not bad, bad[:5]
 
 

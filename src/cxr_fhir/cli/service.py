@@ -57,7 +57,8 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.ehr_push_enabled:
         print("error: EHR push is disabled: set CXR_EHR_BASE_URL", file=sys.stderr)
         return 2
-    worker = DeliveryWorker(make_engine(settings.effective_database_url), ImageStore(settings.effective_image_store_dir),
+    worker = DeliveryWorker(make_engine(settings.effective_database_url),
+                            ImageStore(settings.effective_image_store_dir),
                             EhrClient.from_settings(settings), Policy.from_settings(settings))
     try:
         if args.once:

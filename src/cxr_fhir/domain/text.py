@@ -16,5 +16,8 @@ def escape_control(text: str) -> str:
     """The text with each control character written as \\xNN / \\uNNNN, for logs and audit rows."""
     if not has_control(text):
         return text
-    return "".join(c if unicodedata.category(c) != "Cc" else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
-                   for c in text)
+    return "".join(c if unicodedata.category(c) != "Cc" else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"

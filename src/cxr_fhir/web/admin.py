@@ -10,17 +10,17 @@ from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 from sqlmodel import select
 
+from ..domain.errors import NotFound
 from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
 from ..services.audit_log import AuditFilter, audit_page
 from ..services.models import overview
 from ..services.outbox import OutboxService, RetryRefused
-from ..domain.errors import NotFound
 from ..storage.db import reading, writing
 from ..storage.tables import ApiClient, User
 from .common import audit_read, client_ip, page, services, user
-from .queries import DELIVERY_STATES, deliveries
 from .guards import admin_required
+from .queries import DELIVERY_STATES, deliveries
 from .sessions import SessionStore
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
@@ -92,7 +92,7 @@ class AdminController(Controller):
     def _clients_page(self, request: Request, status_code: int = 200, **extra: Any) -> Template:
         with reading(services(request).engine) as s:
             clients = s.exec(select(ApiClient).order_by(ApiClient.name)).all()
-        ctx = {"clients": clients, "errors": {}, "values": {}, "token": None, "message": None}
+        ctx: dict[str, Any] = {"clients": clients, "errors": {}, "values": {}, "token": None, "message": None}
         return page(request, "admin/clients.html", status_code=status_code, **{**ctx, **extra})
 
     @get("/clients", sync_to_thread=True)

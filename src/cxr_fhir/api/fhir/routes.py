@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from urllib.parse import urlencode
@@ -27,13 +28,31 @@ from . import analyze, errors, interactions, openapi, transactions
 from .capability import capability_statement
 from .guard import actor_of, audit_entries, guarded, require, require_criteria
 from .history import binary, history_bundle
-from .negotiation import JSON_TYPES, base_url, if_match, json_body, resource_headers, respond, response_type, services_of, written
+from .negotiation import (
+    JSON_TYPES,
+    base_url,
+    if_match,
+    json_body,
+    resource_headers,
+    respond,
+    response_type,
+    services_of,
+    written,
+)
 
 log = logging.getLogger("cxr_fhir.fhir")
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- handlers -------------------------------------------------------------------------------------
+
+async def with_body(request: Request, work: Callable[..., Response], *args: str) -> Response:
+    """The one body wrapper: read the request body on the event loop, then run the (blocking)
+    interaction in a worker thread with the body as its last argument."""
+    data = await request.body()
+    response: Response = await to_thread.run_sync(lambda: work(request, *args, data))
+    return response
+
 
 @get("/metadata", sync_to_thread=False)
 def metadata(request: Request) -> Response:
@@ -43,8 +62,7 @@ def metadata(request: Request) -> Response:
 
 @post("/", operation_class=openapi.BUNDLE_BODY)
 async def batch_or_transaction(request: Request) -> Response:
-    data = await request.body()
-    return await to_thread.run_sync(_batch_or_transaction, request, data)
+    return await with_body(request, _batch_or_transaction)
 
 
 def _batch_or_transaction(request: Request, data: bytes) -> Response:
@@ -87,8 +105,7 @@ def search_type(request: Request, resource_type: openapi.ResourceType) -> Respon
 
 @post("/{resource_type:str}", operation_class=openapi.RESOURCE_BODY)
 async def create(request: Request, resource_type: openapi.ResourceType) -> Response:
-    data = await request.body()
-    return await to_thread.run_sync(_create, request, resource_type, data)
+    return await with_body(request, _create, resource_type)
 
 
 def _create(request: Request, resource_type: str, data: bytes) -> Response:
@@ -105,8 +122,7 @@ def _create(request: Request, resource_type: str, data: bytes) -> Response:
 
 @put("/{resource_type:str}", operation_class=openapi.RESOURCE_BODY)
 async def conditional_update(request: Request, resource_type: openapi.ResourceType) -> Response:
-    data = await request.body()
-    return await to_thread.run_sync(_conditional_update, request, resource_type, data)
+    return await with_body(request, _conditional_update, resource_type)
 
 
 def _conditional_update(request: Request, resource_type: str, data: bytes) -> Response:
@@ -139,6 +155,7 @@ def read(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid
             return respond(request, analyze.OPERATION_DEFINITION)
         with reading(services_of(request).engine) as s:
             result = interactions.read(s, resource_type, rid)
+            assert result.resource is not None  # a read returns the resource or raises NotFound/Gone
             body = with_delivery_status(s, result.resource)
         return respond(request, body, 200, resource_headers(request, result))
 
@@ -148,8 +165,7 @@ def read(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid
 
 @put("/{resource_type:str}/{rid:str}", operation_class=openapi.RESOURCE_BODY)
 async def update(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
-    data = await request.body()
-    return await to_thread.run_sync(_update, request, resource_type, rid, data)
+    return await with_body(request, _update, resource_type, rid)
 
 
 def _update(request: Request, resource_type: str, rid: str, data: bytes) -> Response:
@@ -193,8 +209,7 @@ def vread(request: Request, resource_type: openapi.ResourceType, rid: openapi.Ri
 
 @post("/ImagingStudy/$analyze", operation_class=openapi.ANALYZE_BODY)
 async def analyze_operation(request: Request) -> Response:
-    data = await request.body()
-    return await to_thread.run_sync(_analyze_operation, request, data)
+    return await with_body(request, _analyze_operation)
 
 
 def _analyze_operation(request: Request, data: bytes) -> Response:
