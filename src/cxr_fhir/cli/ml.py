@@ -189,6 +189,10 @@ def register(sub: Any) -> None:
     bench.add_argument("--threads", type=int, default=2)
     bench.set_defaults(func=_cmd_bench)
 
+    _register_training(sub)
+
+
+def _register_training(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="measure the registered models on labelled data")
     ev.add_argument("--nih", nargs="*", default=[], help="NIH-layout image folders")
     ev.add_argument("--kermany", nargs="*", default=[], help="folder-per-class (NORMAL/PNEUMONIA) roots")
