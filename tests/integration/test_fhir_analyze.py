@@ -129,6 +129,13 @@ def test_analyze_raw_png_and_serve_every_ai_resource(env):
         auditor = create_client(s, "auditor", ["system/AuditEvent.read"], actor="test")[1]
     binary = client.get(f"/fhir/{overlay}", headers=auth).json()  # JSON when image bytes are not asked for
     assert binary["resourceType"] == "Binary" and binary["contentType"] == "image/png"
+    # Binary is a provider like every type: readable inside a batch too, never searchable or versioned.
+    batch = client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": overlay}}]}, headers=auth).json()
+    assert batch["entry"][0]["resource"] == binary
+    for path in ("/fhir/Binary", f"/fhir/{overlay}/_history", "/fhir/OperationDefinition"):
+        r = client.get(path, headers=auth)
+        assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-supported", path
     emitted = [dr, *obs, study, device, media, prov, reports, studies, bundle, binary,
                client.get(f"/fhir/ImagingStudy/{study['id']}/_history", headers=auth).json(),
                client.get("/fhir/AuditEvent?_count=5", headers={**auth, "Authorization": f"Bearer {auditor}"}).json()]

@@ -4,7 +4,9 @@ localisation (expert boxes hit by our boxes, and Grad-CAM pointing game). Writes
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -69,49 +71,57 @@ def average_precision(preds: list[tuple[float, int, tuple]], truths: dict[int, l
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
 
-def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: Path, split: str = "val",
-             boxes_csv: Path | None = None, bootstrap: int = 1000) -> dict:
-    manifest = read_manifest(weights_dir)
-    chosen = select(samples, split, manifest)
-    clf = Classifier(weights_dir, manifest["classifier"])
-    det = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
-    expert = read_boxes(boxes_csv) if boxes_csv else {}
+@dataclass
+class _Collected:
+    """What the models said on every chosen image, and the expert boxes to score them against."""
 
-    probs, labels, sources, raw = [], [], [], []
-    det_preds: dict[str, list] = {n: [] for n in FINDING_NAMES}
-    det_truth: dict[str, dict[int, list]] = {n: {} for n in FINDING_NAMES}
-    hits = {"boxes": 0, "boxes_hit": 0, "pointing_hit": 0}
+    probs: list[list[float]] = field(default_factory=list)
+    labels: list[list[float]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    raw: list[list[float]] = field(default_factory=list)
+    det_preds: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in FINDING_NAMES})
+    det_truth: dict[str, dict[int, list[Any]]] = field(default_factory=lambda: {n: {} for n in FINDING_NAMES})
+    hits: dict[str, int] = field(default_factory=lambda: {"boxes": 0, "boxes_hit": 0, "pointing_hit": 0})
+
+
+def _collect(chosen: list[Sample], clf: Classifier, det: Detector | None,
+             expert: dict[str, list[Any]]) -> _Collected:
+    got = _Collected()
     for i, s in enumerate(tqdm(chosen, desc="evaluate", unit="img")):
         image = load_path(s.path, min_side=32)
         truths = expert.get(s.path.name, []) if s.source == "nih" else []
         wanted = sorted({t[0] for t in truths})
         # Grad-CAMs only where expert boxes exist to point at (the pointing game below).
         result = clf.predict(image.pixels, cam_for=len(FINDING_NAMES) if wanted else 0)
-        probs.append([result.probabilities[n] for n in FINDING_NAMES])
-        raw.append([result.outputs[n] for n in OUTPUTS])
-        labels.append(s.labels)
-        sources.append(s.source)
-        if not truths:
-            continue
-        scale = image.width / ORIGINAL_SIDE
-        boxes = [b.as_dict() for b in det.detect(image.pixels)] if det else []
-        for b in boxes:
-            det_preds[b["finding"]].append((b["confidence"], i, (b["x1"], b["y1"], b["x2"], b["y2"])))
-        cams = result.cams
-        for name, x1, y1, x2, y2 in truths:
-            t = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
-            det_truth[name].setdefault(i, []).append(t)
-            hits["boxes"] += 1
-            hits["boxes_hit"] += any(b["finding"] == name and iou((b["x1"], b["y1"], b["x2"], b["y2"]), t) >= IOU_HIT
-                                     for b in boxes)
-            cam = cams[name]
-            py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
-            cx, cy = (px + 0.5) * image.width / cam.shape[1], (py + 0.5) * image.height / cam.shape[0]
-            hits["pointing_hit"] += (t[0] <= cx <= t[2]) and (t[1] <= cy <= t[3])
+        got.probs.append([result.probabilities[n] for n in FINDING_NAMES])
+        got.raw.append([result.outputs[n] for n in OUTPUTS])
+        got.labels.append(s.labels)
+        got.sources.append(s.source)
+        if truths:
+            _score_boxes(got, i, image, truths, det, result.cams)
+    return got
 
-    probs_a, labels_a, src = np.asarray(probs), np.asarray(labels), np.asarray(sources)
-    thresholds = manifest["classifier"]["thresholds"]
-    nih = np.isin(src, ["nih", "nih64"])
+
+def _score_boxes(got: _Collected, i: int, image: Any, truths: list[Any], det: Detector | None,
+                 cams: dict[str, np.ndarray]) -> None:
+    scale = image.width / ORIGINAL_SIDE
+    boxes = [b.as_dict() for b in det.detect(image.pixels)] if det else []
+    for b in boxes:
+        got.det_preds[b["finding"]].append((b["confidence"], i, (b["x1"], b["y1"], b["x2"], b["y2"])))
+    for name, x1, y1, x2, y2 in truths:
+        t = (x1 * scale, y1 * scale, x2 * scale, y2 * scale)
+        got.det_truth[name].setdefault(i, []).append(t)
+        got.hits["boxes"] += 1
+        got.hits["boxes_hit"] += any(b["finding"] == name and iou((b["x1"], b["y1"], b["x2"], b["y2"]), t) >= IOU_HIT
+                                     for b in boxes)
+        cam = cams[name]
+        py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        cx, cy = (px + 0.5) * image.width / cam.shape[1], (py + 0.5) * image.height / cam.shape[0]
+        got.hits["pointing_hit"] += (t[0] <= cx <= t[2]) and (t[1] <= cy <= t[3])
+
+
+def _per_finding(labels_a: np.ndarray, probs_a: np.ndarray, nih: np.ndarray, thresholds: dict[str, float],
+                 bootstrap: int) -> dict[str, dict[str, Any]]:
     per = {}
     for j, name in enumerate(FINDING_NAMES):
         y, p = labels_a[nih, j], probs_a[nih, j]
@@ -119,46 +129,67 @@ def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: P
         per[name] = {"auroc": metrics.auroc(y, p), "ci95": metrics.bootstrap_auroc(y, p, bootstrap),
                      "positives": int(np.nansum(y)), "n": int(len(y)), "threshold": thresholds[name],
                      "sensitivity": sens, "specificity": spec}
-    valid = [v["auroc"] for v in per.values() if v["auroc"] is not None]
-    mean_ci = _mean_auroc_ci(labels_a[nih, :14], probs_a[nih], bootstrap)
-    ker = src == "kermany"
-    ky, kp = labels_a[ker, OUTPUTS.index(PEDIATRIC_PNEUMONIA)], probs_a[ker, FINDING_NAMES.index("Pneumonia")]
-    raw_a = np.asarray(raw)
+    return per
+
+
+def _pneumonia_heads(labels_a: np.ndarray, raw_a: np.ndarray, nih: np.ndarray, ker: np.ndarray, ky: np.ndarray,
+                     kp: np.ndarray, mixed_on_nih: float | None) -> dict[str, float | None]:
+    """Why pneumonia has two outputs: each head measured on each population."""
     ny = labels_a[nih, FINDING_NAMES.index("Pneumonia")]
     domain_y = np.concatenate([np.zeros(int(nih.sum())), np.ones(int(ker.sum()))])
     domain = OUTPUTS.index(PEDIATRIC_DOMAIN)
     domain_p = np.concatenate([raw_a[nih, domain], raw_a[ker, domain]])
-    # Why pneumonia has two outputs: each head measured on each population.
-    pneumonia_heads = {
+    return {
         "adult_head_on_nih": metrics.auroc(ny, raw_a[nih, OUTPUTS.index("Pneumonia")]),
         "pediatric_head_on_nih": metrics.auroc(ny, raw_a[nih, OUTPUTS.index(PEDIATRIC_PNEUMONIA)]),
         "adult_head_on_kermany": metrics.auroc(ky, raw_a[ker, OUTPUTS.index("Pneumonia")]),
         "pediatric_head_on_kermany": metrics.auroc(ky, raw_a[ker, OUTPUTS.index(PEDIATRIC_PNEUMONIA)]),
-        "mixed_on_nih": per["Pneumonia"]["auroc"],
+        "mixed_on_nih": mixed_on_nih,
         "mixed_on_kermany": metrics.auroc(ky, kp),
         "domain_gate_auroc": metrics.auroc(domain_y, domain_p),
     }
-    report = {
+
+
+def _localisation(got: _Collected) -> dict[str, Any]:
+    aps = {n: average_precision(got.det_preds[n], got.det_truth[n]) for n in FINDING_NAMES}
+    found = {n: a for n, a in aps.items() if a is not None}
+    return {
+        "images_with_expert_boxes": len({i for t in got.det_truth.values() for i in t}),
+        "expert_boxes": got.hits["boxes"],
+        "detector_mAP50": float(np.mean(list(found.values()))) if found else None,
+        "detector_AP50_per_finding": found,
+        "boxes_hit_share": got.hits["boxes_hit"] / got.hits["boxes"],
+        "gradcam_pointing_share": got.hits["pointing_hit"] / got.hits["boxes"],
+        "hit_rule": f"a box of the same finding with IoU >= {IOU_HIT}; pointing: Grad-CAM peak inside the box",
+    }
+
+
+def evaluate(samples: list[Sample], weights_dir: Path, runtime_dir: Path, out: Path, split: str = "val",
+             boxes_csv: Path | None = None, bootstrap: int = 1000) -> dict[str, Any]:
+    manifest = read_manifest(weights_dir)
+    chosen = select(samples, split, manifest)
+    clf = Classifier(weights_dir, manifest["classifier"])
+    det = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
+    got = _collect(chosen, clf, det, read_boxes(boxes_csv) if boxes_csv else {})
+
+    probs_a, labels_a, src = np.asarray(got.probs), np.asarray(got.labels), np.asarray(got.sources)
+    nih, ker = np.isin(src, ["nih", "nih64"]), src == "kermany"
+    per = _per_finding(labels_a, probs_a, nih, manifest["classifier"]["thresholds"], bootstrap)
+    valid = [v["auroc"] for v in per.values() if v["auroc"] is not None]
+    ky, kp = labels_a[ker, OUTPUTS.index(PEDIATRIC_PNEUMONIA)], probs_a[ker, FINDING_NAMES.index("Pneumonia")]
+    report: dict[str, Any] = {
         "split": split, "images": len(chosen), "nih_images": int(nih.sum()), "kermany_images": int(ker.sum()),
         "model": {"classifier": manifest["classifier"]["version"],
                   "files": [f["path"] for f in manifest["classifier"]["files"]]},
-        "per_finding": per, "mean_auroc": float(np.mean(valid)) if valid else None, "mean_auroc_ci95": mean_ci,
+        "per_finding": per, "mean_auroc": float(np.mean(valid)) if valid else None,
+        "mean_auroc_ci95": _mean_auroc_ci(labels_a[nih, :14], probs_a[nih], bootstrap),
         "kermany_pneumonia": {"auroc": metrics.auroc(ky, kp), "ci95": metrics.bootstrap_auroc(ky, kp, bootstrap),
                               "n": int(ker.sum()), "positives": int(np.nansum(ky)) if ker.any() else 0},
-        "pneumonia_heads": pneumonia_heads,
+        "pneumonia_heads": _pneumonia_heads(labels_a, np.asarray(got.raw), nih, ker, ky, kp,
+                                            per["Pneumonia"]["auroc"]),
     }
-    if hits["boxes"]:
-        aps = {n: average_precision(det_preds[n], det_truth[n]) for n in FINDING_NAMES}
-        aps = {n: a for n, a in aps.items() if a is not None}
-        report["localisation"] = {
-            "images_with_expert_boxes": len({i for t in det_truth.values() for i in t}),
-            "expert_boxes": hits["boxes"],
-            "detector_mAP50": float(np.mean(list(aps.values()))) if aps else None,
-            "detector_AP50_per_finding": aps,
-            "boxes_hit_share": hits["boxes_hit"] / hits["boxes"],
-            "gradcam_pointing_share": hits["pointing_hit"] / hits["boxes"],
-            "hit_rule": f"a box of the same finding with IoU >= {IOU_HIT}; pointing: Grad-CAM peak inside the box",
-        }
+    if got.hits["boxes"]:
+        report["localisation"] = _localisation(got)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     _roc_figure(labels_a, probs_a, nih, ker, ky, kp, out / "roc.png")

@@ -6,7 +6,7 @@ from typing import Any
 
 from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
 from .analyze import OPERATION_URL
-from .providers import PROVIDERS, ReadOnlyProvider
+from .providers import PROVIDERS, STORED_TYPES
 
 READ = ["read", "vread", "search-type", "history-instance", "history-type"]
 WRITE = ["create", "update", "delete"]
@@ -45,17 +45,17 @@ def _search_params(rtype: str) -> list[dict[str, Any]]:
 
 def _resource(rtype: str) -> dict[str, Any]:
     provider = PROVIDERS[rtype]
-    interactions = READ + ([] if provider is ReadOnlyProvider else WRITE)
+    interactions = READ + (WRITE if provider.writable else [])
     item: dict[str, Any] = {
         "type": rtype,
         "documentation": DOCS[rtype],
         "interaction": [{"code": code} for code in interactions],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": provider is not ReadOnlyProvider and rtype not in ("DiagnosticReport",),
-        "conditionalCreate": provider is not ReadOnlyProvider,
+        "updateCreate": provider.writable and rtype not in ("DiagnosticReport",),
+        "conditionalCreate": provider.writable,
         "conditionalRead": "not-supported",
-        "conditionalUpdate": provider is not ReadOnlyProvider,
+        "conditionalUpdate": provider.writable,
         "conditionalDelete": "not-supported",
         "searchParam": _search_params(rtype),
         "searchInclude": INCLUDES.get(rtype, []),
@@ -77,7 +77,7 @@ def _resource(rtype: str) -> dict[str, Any]:
 
 
 def capability_statement(base: str, software_version: str, published: str) -> dict[str, Any]:
-    resources = [_resource(rtype) for rtype in PROVIDERS]
+    resources = [_resource(rtype) for rtype in STORED_TYPES]
     resources.append({"type": "Binary", "documentation": "Uploaded images and heatmap overlays by SHA-256; "
                       "raw bytes when the Accept header asks for them.", "interaction": [{"code": "read"}]})
     resources.append({"type": "OperationDefinition", "documentation": "The definition of $analyze.",

@@ -19,7 +19,7 @@ from ...storage.fhir import search
 from ...storage.tables import ApiClient
 from . import errors, transactions
 from .negotiation import response_type, services_of
-from .providers import Actor
+from .providers import PROVIDERS, Actor
 
 log = logging.getLogger("cxr_fhir.fhir")
 
@@ -86,7 +86,8 @@ def guarded(request: Request, interaction: str, resource_type: str | None, resou
              audit_resource: str | None = None) -> Response:
     client = None
     try:
-        if resource_type != "Binary":  # Binary answers with the image itself when asked
+        provider = PROVIDERS.get(resource_type or "")
+        if not (provider and provider.raw):  # a Binary answers with the image itself when asked
             response_type(request)
         client = client_of(request)
         if access and resource_type:

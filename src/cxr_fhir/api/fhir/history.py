@@ -1,18 +1,16 @@
-"""History bundles (instance and type) and Binary reads: the image store's bytes by SHA-256."""
+"""History bundles, instance and type, with paging."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from litestar import Request, Response
 
-from ...imaging.loader import sniff
 from ...storage.db import reading
 from ...storage.fhir import search, store
 from ...storage.fhir.index import BadDate, date_range
 from . import errors, interactions
-from .negotiation import SECURITY_HEADERS, base_url, respond, services_of
+from .negotiation import base_url, respond, services_of
 
 
 def history_bundle(request: Request, resource_type: str, rid: str | None) -> Response:
@@ -52,17 +50,3 @@ def history_bundle(request: Request, resource_type: str, rid: str | None) -> Res
     if entries:
         out["entry"] = entries
     return respond(request, out)
-
-
-def binary(request: Request, sha: str) -> Response:
-    services = services_of(request)
-    if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or not services.images.exists(sha):
-        raise errors.not_found(f"Binary/{sha} is not known")
-    data = services.images.get(sha)
-    ctype = sniff(data)
-    accept = request.headers.get("accept", "")
-    if ctype in accept or "image/*" in accept or request.query_params.get("_format") == "binary":
-        return Response(content=data, status_code=200, media_type=ctype,
-                        headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"})
-    return respond(request, {"resourceType": "Binary", "id": sha, "contentType": ctype,
-                             "data": base64.b64encode(data).decode()})

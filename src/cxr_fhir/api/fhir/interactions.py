@@ -12,9 +12,7 @@ from sqlmodel import Session
 from ...storage.fhir import search, store
 from ...storage.tables import FhirResource
 from . import errors
-from .providers import PROVIDERS, Actor, Provider, parse
-
-STORED_TYPES = tuple(PROVIDERS)
+from .providers import PROVIDERS, Actor, Provider, ReadOnly, parse
 
 
 @dataclass
@@ -26,6 +24,8 @@ class Result:
     version: int | None = None
     last_modified: datetime | None = None
     created: bool = False
+    raw: bytes | None = None  # a Binary's bytes, for a client that asks for them
+    content_type: str | None = None
 
     @property
     def location(self) -> str | None:
@@ -38,17 +38,21 @@ def _result(row: FhirResource, status: int, created: bool = False) -> Result:
     return Result(status, row.content, row.resource_type, row.id, row.version_id, row.last_updated, created)
 
 
-def provider(resource_type: str, services: Any) -> Provider:
+def provider(resource_type: str, services: Any, stored: bool = True) -> Provider:
+    """The type's provider; ``stored``: only a type kept in the FHIR store will do (search,
+    history, writes), the others (Binary, OperationDefinition) can only be read."""
     cls = PROVIDERS.get(resource_type)
-    if cls is None:
+    if cls is None or (stored and not cls.stored):
         raise errors.FhirError(404, f"resource type {resource_type!r} is not supported here; see /fhir/metadata",
                                "not-supported")
     return cls(resource_type, services)
 
 
-def read(s: Session, resource_type: str, rid: str) -> Result:
-    provider(resource_type, None)
-    return _result(store.read(s, resource_type, rid), 200)
+def read(s: Session, services: Any, resource_type: str, rid: str) -> Result:
+    found = provider(resource_type, services, stored=False).read(s, rid)
+    if isinstance(found, ReadOnly):
+        return Result(200, found.content, resource_type, rid, raw=found.raw, content_type=found.content_type)
+    return _result(found, 200)
 
 
 def vread(s: Session, resource_type: str, rid: str, version: str) -> Result:

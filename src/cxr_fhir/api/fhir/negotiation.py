@@ -129,3 +129,14 @@ def written(request: Request, result: Result) -> Response:
         return respond(request, errors.outcome("information", "informational", f"{result.location} {verb}"),
                        result.status, headers)
     return respond(request, result.resource, result.status, headers)
+
+
+def wants_raw(request: Request, content_type: str) -> bool:
+    """Whether the client asks for the bytes themselves (an image viewer) rather than FHIR JSON."""
+    accept = request.headers.get("accept", "")
+    return content_type in accept or "image/*" in accept or request.query_params.get("_format") == "binary"
+
+
+def raw_response(data: bytes, content_type: str) -> Response:
+    return Response(content=data, status_code=200, media_type=content_type,
+                    headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"})

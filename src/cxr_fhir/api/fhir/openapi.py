@@ -20,7 +20,7 @@ from litestar.openapi.spec import (
 )
 from litestar.params import Parameter
 
-from .interactions import STORED_TYPES
+from .providers import STORED_TYPES
 
 # Any other type still gets its 404 from the handler.
 ResourceType = Annotated[str, Parameter(description="a FHIR resource type served here (see /fhir/metadata)",

@@ -8,6 +8,7 @@ update may only confirm or amend the report, an ImagingStudy delete deletes the 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from ...domain.errors import Gone, NotFound, VersionConflict
 from ...domain.text import has_control
 from ...domain.vocabulary import Origin, ReportStatus
 from ...fhir import bindings, mapping
+from ...imaging.loader import sniff
 from ...services.patients import PatientInput, PatientInvalid, PatientService
 from ...services.reports import ReportStateError
 from ...storage.fhir import store
 from ...storage.tables import FhirResource
 from . import errors
+from .analyze import OPERATION_DEFINITION, OPERATION_ID
 
 # Elements a server owns on every resource; a client's values are replaced, never compared.
 _SERVER_OWNED = ("id", "meta", "text")
@@ -134,9 +137,15 @@ class Provider:
 
     resource_type: str
     writable = True
+    stored = True  # kept in the FHIR store: searchable, with history
+    public = False  # readable without a scope naming it (definitions, not patient data)
+    raw = False  # may answer a read with the bytes themselves (content negotiation by Accept)
 
     def __init__(self, resource_type: str, services: Any):
         self.resource_type, self.services = resource_type, services
+
+    def read(self, s: Session, rid: str) -> FhirResource | ReadOnly:
+        return store.read(s, self.resource_type, rid)
 
     def create(self, s: Session, content: dict[str, Any], actor: Actor, new_id: str | None = None) -> FhirResource:
         if not self.writable:
@@ -299,6 +308,41 @@ class ReadOnlyProvider(Provider):
     writable = False
 
 
+@dataclass(frozen=True)
+class ReadOnly:
+    """A resource that is not kept in the FHIR store (no versions): built when it is read."""
+
+    content: dict[str, Any]
+    raw: bytes | None = None  # the bytes a Binary stands for, for a client that asks for them
+    content_type: str | None = None
+
+
+class BinaryProvider(ReadOnlyProvider):
+    """Images and heatmap overlays, by the SHA-256 of their bytes in the image store."""
+
+    stored, raw = False, True
+
+    def read(self, s: Session, rid: str) -> ReadOnly:
+        images = self.services.images
+        if len(rid) != 64 or not all(c in "0123456789abcdef" for c in rid) or not images.exists(rid):
+            raise NotFound(f"Binary/{rid} is not known")
+        data = images.get(rid)
+        ctype = sniff(data)
+        return ReadOnly({"resourceType": "Binary", "id": rid, "contentType": ctype,
+                         "data": base64.b64encode(data).decode()}, data, ctype)
+
+
+class OperationDefinitionProvider(ReadOnlyProvider):
+    """The definitions of our operations ($analyze): public, as the CapabilityStatement is."""
+
+    stored, public = False, True
+
+    def read(self, s: Session, rid: str) -> ReadOnly:
+        if rid != OPERATION_ID:
+            raise NotFound(f"OperationDefinition/{rid} is not known")
+        return ReadOnly(OPERATION_DEFINITION)
+
+
 PROVIDERS: dict[str, type[Provider]] = {
     "Patient": PatientProvider,
     "ImagingStudy": ImagingStudyProvider,
@@ -308,4 +352,7 @@ PROVIDERS: dict[str, type[Provider]] = {
     "Media": Provider,
     "Provenance": ReadOnlyProvider,
     "AuditEvent": ReadOnlyProvider,  # written only by the audit trail itself (security.audit)
+    "Binary": BinaryProvider,
+    "OperationDefinition": OperationDefinitionProvider,
 }
+STORED_TYPES = tuple(name for name, cls in PROVIDERS.items() if cls.stored)

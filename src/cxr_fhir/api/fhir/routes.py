@@ -27,18 +27,21 @@ from ...storage.tables import ApiClient
 from . import analyze, errors, interactions, openapi, transactions
 from .capability import capability_statement
 from .guard import actor_of, audit_entries, guarded, require, require_criteria
-from .history import binary, history_bundle
+from .history import history_bundle
 from .negotiation import (
     JSON_TYPES,
     base_url,
     if_match,
     json_body,
+    raw_response,
     resource_headers,
     respond,
     response_type,
     services_of,
+    wants_raw,
     written,
 )
+from .providers import PROVIDERS
 
 log = logging.getLogger("cxr_fhir.fhir")
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -145,22 +148,17 @@ def history_type(request: Request, resource_type: openapi.ResourceType) -> Respo
 
 @get("/{resource_type:str}/{rid:str}", sync_to_thread=True)
 def read(request: Request, resource_type: openapi.ResourceType, rid: openapi.Rid) -> Response:
-    if resource_type == "Binary":
-        return guarded(request, "read", "Binary", rid, "read", lambda client: binary(request, rid))
-
     def work(client: ApiClient) -> Response:
-        if resource_type == "OperationDefinition":
-            if rid != analyze.OPERATION_ID:
-                raise errors.not_found(f"OperationDefinition/{rid} is not known")
-            return respond(request, analyze.OPERATION_DEFINITION)
         with reading(services_of(request).engine) as s:
-            result = interactions.read(s, resource_type, rid)
+            result = interactions.read(s, services_of(request), resource_type, rid)
             assert result.resource is not None  # a read returns the resource or raises NotFound/Gone
             body = with_delivery_status(s, result.resource)
+        if result.raw is not None and wants_raw(request, result.content_type or ""):
+            return raw_response(result.raw, result.content_type or "application/octet-stream")
         return respond(request, body, 200, resource_headers(request, result))
 
-    access = None if resource_type == "OperationDefinition" else "read"
-    return guarded(request, "read", resource_type, rid, access, work)
+    provider = PROVIDERS.get(resource_type)
+    return guarded(request, "read", resource_type, rid, None if provider and provider.public else "read", work)
 
 
 @put("/{resource_type:str}/{rid:str}", operation_class=openapi.RESOURCE_BODY)

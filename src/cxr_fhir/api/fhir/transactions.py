@@ -96,7 +96,7 @@ def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: s
         if rid and version:
             return interactions.vread(s, rtype, rid, version), None
         if rid:
-            return interactions.read(s, rtype, rid), None
+            return interactions.read(s, services, rtype, rid), None
         interactions.provider(rtype, services)
         return interactions.Result(200), search.bundle(s, rtype, pairs, base)
     if_match = version_from_etag(req.get("ifMatch"))

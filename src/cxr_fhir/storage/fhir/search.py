@@ -86,21 +86,26 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
         elif key.startswith("_") and key not in ("_id", "_lastUpdated"):
             raise InvalidRequest(f"search parameter {key} is not supported")
         else:
-            name, _, modifier = key.partition(":")
-            chain = None
-            if "." in name:
-                name, _, chain = name.partition(".")
-            elif "." in modifier:
-                modifier, _, chain = modifier.partition(".")
-            if name not in ("_id", "_lastUpdated") and name not in PARAMS.get(resource_type, {}):
-                raise InvalidRequest(
-                    f"unknown search parameter {name!r} for {resource_type}; supported: "
-                    + ", ".join(["_id", "_lastUpdated", *PARAMS.get(resource_type, {})]))
-            values = [v for v in store.split_escaped(value, ",")]
-            if not any(values):
-                raise InvalidRequest(f"search parameter {key} has no value")
-            query.criteria.append(store.Criterion(name, modifier or None, values, chain))
+            query.criteria.append(_criterion(resource_type, key, value))
     return query, options
+
+
+def _criterion(resource_type: str, key: str, value: str) -> store.Criterion:
+    """One search parameter occurrence: name, modifier, chain and its comma-separated values."""
+    name, _, modifier = key.partition(":")
+    chain = None
+    if "." in name:
+        name, _, chain = name.partition(".")
+    elif "." in modifier:
+        modifier, _, chain = modifier.partition(".")
+    if name not in ("_id", "_lastUpdated") and name not in PARAMS.get(resource_type, {}):
+        raise InvalidRequest(
+            f"unknown search parameter {name!r} for {resource_type}; supported: "
+            + ", ".join(["_id", "_lastUpdated", *PARAMS.get(resource_type, {})]))
+    values = list(store.split_escaped(value, ","))
+    if not any(values):
+        raise InvalidRequest(f"search parameter {key} has no value")
+    return store.Criterion(name, modifier or None, values, chain)
 
 
 def types_read(resource_type: str, pairs: list[tuple[str, str]]) -> set[str]:
