@@ -13,6 +13,7 @@ from typing import Any
 from anyio import to_thread
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, HTTPException
 from litestar.response import Response
@@ -188,6 +189,8 @@ def create_app(settings: Settings) -> Litestar:
         template_config=web.template_config, csrf_config=web.csrf_config,
         exception_handlers=web.exception_handlers,
         state=State({"services": services}),
+        # The one Services object, injected into every handler that names it (as litestar-fullstack does).
+        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         lifespan=[lifespan],
         # Ten files at the upload limit, plus the form around them (see web/studies.py).
         middleware=[_access_log, _bounded_bodies(settings.max_upload_bytes * 10 + 2**20), *web.middleware],

@@ -15,10 +15,10 @@ from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
 from ..services.audit_log import AuditFilter, audit_page
 from ..services.models import overview
-from ..services.outbox import OutboxService, RetryRefused
+from ..services.outbox import RetryRefused
 from ..storage.db import reading, writing
 from ..storage.tables import ApiClient, User
-from .common import audit_read, client_ip, page, services, user
+from .common import ServicesDep, audit_read, client_ip, page, services, user
 from .guards import admin_required
 from .queries import DELIVERY_STATES, deliveries
 from .sessions import SessionStore
@@ -51,11 +51,11 @@ class AdminController(Controller):
         return self._users_page(request)
 
     @post("/users", sync_to_thread=True)
-    def create_user(self, request: Request, data: Form) -> Template:
+    def create_user(self, request: Request, services: ServicesDep, data: Form) -> Template:
         values = {"username": (data.get("username") or "").strip().lower(), "role": data.get("role") or "doctor",
                   "display_name": (data.get("display_name") or "").strip()}
         try:
-            with writing(services(request).engine) as s:
+            with writing(services.engine) as s:
                 made = create_user(s, values["username"], data.get("password") or "", values["role"],
                                    values["display_name"] or None, **self._actor(request))
         except UserError as exc:
@@ -65,12 +65,12 @@ class AdminController(Controller):
         return self._users_page(request, message=f"Created {made.role} account “{made.username}”.")
 
     @post("/users/{username:str}/disable", sync_to_thread=True)
-    def disable(self, request: Request, username: FromPath[str], data: Form) -> Template:
+    def disable(self, request: Request, services: ServicesDep, username: FromPath[str], data: Form) -> Template:
         disabled = data.get("disabled", "1") == "1"
         if username == user(request).username and disabled:
             return self._users_page(request, 409, message="You cannot disable your own account.")
         try:
-            with writing(services(request).engine) as s:
+            with writing(services.engine) as s:
                 target = set_disabled(s, username, disabled, **self._actor(request))
                 if disabled:
                     SessionStore.end_all_for(s, target.id)
@@ -79,9 +79,9 @@ class AdminController(Controller):
         return self._users_page(request, message=f"{'Disabled' if disabled else 'Enabled'} “{username}”.")
 
     @post("/users/{username:str}/password", sync_to_thread=True)
-    def password(self, request: Request, username: FromPath[str], data: Form) -> Template:
+    def password(self, request: Request, services: ServicesDep, username: FromPath[str], data: Form) -> Template:
         try:
-            with writing(services(request).engine) as s:
+            with writing(services.engine) as s:
                 target = reset_password(s, username, data.get("password") or "", **self._actor(request))
                 SessionStore.end_all_for(s, target.id)
         except UserError as exc:
@@ -100,11 +100,11 @@ class AdminController(Controller):
         return self._clients_page(request)
 
     @post("/clients", sync_to_thread=True)
-    def create_client(self, request: Request, data: Form) -> Template:
+    def create_client(self, request: Request, services: ServicesDep, data: Form) -> Template:
         name = (data.get("name") or "").strip()
         scopes = (data.get("scopes") or "").split()
         try:
-            with writing(services(request).engine) as s:
+            with writing(services.engine) as s:
                 _, token = create_client(s, name, scopes, **self._actor(request))
         except ClientError as exc:
             field = exc.where[0] if exc.where else "name"
@@ -113,9 +113,9 @@ class AdminController(Controller):
         return self._clients_page(request, token=token, message=f"Created client “{name}”.")
 
     @post("/clients/{name:str}/revoke", sync_to_thread=True)
-    def revoke(self, request: Request, name: FromPath[str]) -> Template:
+    def revoke(self, request: Request, services: ServicesDep, name: FromPath[str]) -> Template:
         try:
-            with writing(services(request).engine) as s:
+            with writing(services.engine) as s:
                 revoke_client(s, name, **self._actor(request))
         except ClientError as exc:
             return self._clients_page(request, 404, message=str(exc))
@@ -123,8 +123,8 @@ class AdminController(Controller):
 
     # -- model ------------------------------------------------------------------------------
     @get("/model", sync_to_thread=True)
-    def model(self, request: Request) -> Template:
-        svc = services(request)
+    def model(self, request: Request, services: ServicesDep) -> Template:
+        svc = services
         info = overview(svc.settings.weights_dir, svc.models)
         return page(request, "admin/model.html", card=info.card, classifier=info.classifier, detector=info.detector,
                     thresholds=info.thresholds, manifest_error=info.manifest_error, loaded=info.loaded is not None,
@@ -139,7 +139,7 @@ class AdminController(Controller):
         audit_read(request, "DiagnosticReport", None, subtype="search",
                    detail=f"EHR deliveries ({status or 'all'}), {len(rows)} rows")
         return page(request, "admin/deliveries.html", status_code=status_code, rows=rows, status=status,
-                    states=DELIVERY_STATES, backlog=OutboxService(services(request).engine).backlog(),
+                    states=DELIVERY_STATES, backlog=services(request).outbox.backlog(),
                     message=message, bad=bad, limit=DELIVERIES_PAGE)
 
     @get("/deliveries", sync_to_thread=True)
@@ -147,14 +147,14 @@ class AdminController(Controller):
         return self._deliveries_page(request, status)
 
     @post("/deliveries/{outbox_id:str}/retry", sync_to_thread=True)
-    def retry_delivery(self, request: Request, outbox_id: FromPath[str], data: Form) -> Template:
+    def retry_delivery(self, request: Request, services: ServicesDep, outbox_id: FromPath[str], data: Form) -> Template:
         status = data.get("status") or ""
-        if not services(request).settings.ehr_push_enabled:
+        if not services.settings.ehr_push_enabled:
             return self._deliveries_page(request, status, 409, "EHR push is disabled on this server: "
                                                                 "nothing can be sent.", bad=True)
         try:
             # OutboxService.retry writes the audit event (delivery-retry, naming the admin).
-            row = OutboxService(services(request).engine).retry(outbox_id, actor=user(request).username)
+            row = services.outbox.retry(outbox_id, actor=user(request).username)
         except RetryRefused as exc:
             return self._deliveries_page(request, status, 409, f"Not retried: {exc}.", bad=True)
         except NotFound:
@@ -164,10 +164,10 @@ class AdminController(Controller):
 
     # -- audit ----------------------------------------------------------------------------------
     @get("/audit", sync_to_thread=True)
-    def audit_log(self, request: Request, agent: FromQuery[str] = "", subtype: FromQuery[str] = "",
-                  action: FromQuery[str] = "", since: FromQuery[str] = "", until: FromQuery[str] = "",
-                  page_no: FromQuery[int] = 1) -> Template:
-        with reading(services(request).engine) as s:
+    def audit_log(self, request: Request, services: ServicesDep, agent: FromQuery[str] = "",
+                  subtype: FromQuery[str] = "", action: FromQuery[str] = "", since: FromQuery[str] = "",
+                  until: FromQuery[str] = "", page_no: FromQuery[int] = 1) -> Template:
+        with reading(services.engine) as s:
             found = audit_page(s, AuditFilter(agent, subtype, action, since, until), page_no)
         return page(request, "admin/audit.html", events=found.events, more=found.more, page_no=found.page_no,
                     errors=found.errors, subtypes=found.subtypes,

@@ -24,7 +24,7 @@ from ..security.passwords import hash_password, verify_password
 from ..storage.db import writing
 from ..storage.repositories import UserRepository
 from ..storage.types import utcnow
-from .common import client_ip, page, services
+from .common import ServicesDep, client_ip, page
 from .guards import current_user
 from .sessions import ABSOLUTE, COOKIE, SessionStore
 
@@ -72,13 +72,13 @@ class AuthController(Controller):
         return page(request, "login.html", next=_safe_next(next), username="", error=None)
 
     @post("/login", sync_to_thread=True)
-    def login(self, request: Request,
+    def login(self, request: Request, services: ServicesDep,
               data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Response:
         username = (data.get("username") or "").strip().lower()[:64]
         password = data.get("password") or ""
         target = _safe_next(data.get("next"))
         ip = client_ip(request) or "?"
-        svc = services(request)
+        svc = services
 
         def refuse(message: str, detail: str, status: int = 401) -> Template:
             with writing(svc.engine) as s:
@@ -126,8 +126,8 @@ class AuthController(Controller):
         return response
 
     @post("/logout", sync_to_thread=True)
-    def logout(self, request: Request) -> Response:
-        svc = services(request)
+    def logout(self, request: Request, services: ServicesDep) -> Response:
+        svc = services
         user = current_user(request)
         SessionStore(svc.engine).end(request.cookies.get(COOKIE))
         if user is not None:

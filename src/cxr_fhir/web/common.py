@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request
+from litestar.params import Dependency
 from litestar.response import Template
 
 from ..domain.findings import BY_NAME
@@ -20,6 +21,11 @@ PRIORITY_RANK = {"stat": 0, "urgent": 1, "failed": 1, "routine": 2, "analyzing":
 DELIVERY_LABEL = {"pending": "EHR: pending", "delivered": "EHR: delivered", "dead": "EHR: failed"}
 STATUS_LABEL = {"preliminary": "Preliminary (to confirm)", "final": "Confirmed", "amended": "Amended",
                 "cancelled": "Cancelled"}
+
+
+# The Services object the app injects into handlers (app.py, `dependencies`). It is built by us, not
+# parsed from the request, so Litestar is told not to validate it (nor to resolve its model types).
+ServicesDep = Annotated[Services, Dependency(skip_validation=True)]
 
 
 def services(request: Request) -> Services:

@@ -15,7 +15,7 @@ from ..services.outbox import RetryRefused
 from ..storage.db import reading
 from ..storage.tables import OutboxDelivery, Report
 from ..storage.types import utcnow
-from .common import audit_read, is_htmx, page, services, user
+from .common import ServicesDep, audit_read, is_htmx, page, services, user
 from .guards import login_required
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
@@ -50,8 +50,9 @@ class DeliveryController(Controller):
         return page(request, "partials/delivery.html", **delivery_context(request, report.id))
 
     @post("/retry", sync_to_thread=True)
-    def retry(self, request: Request, report_id: FromPath[str], data: Form) -> Template | Redirect:
-        svc = services(request)
+    def retry(self, request: Request, services: ServicesDep, report_id: FromPath[str],
+              data: Form) -> Template | Redirect:
+        svc = services
         report = _report(request, report_id)
         outbox_id = (data.get("outbox_id") or "").strip()
         message = None

@@ -19,7 +19,7 @@ from ..services.patients import GENDERS, PatientInput, PatientInvalid
 from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Patient
-from .common import audit_read, page, services, user
+from .common import ServicesDep, audit_read, page, services, user
 from .guards import login_required
 from .queries import er_areas, patient_studies
 
@@ -72,9 +72,9 @@ class PatientController(Controller):
     guards = [login_required]
 
     @get("/", sync_to_thread=True)
-    def search(self, request: Request, q: FromQuery[str] = "", er_area: FromQuery[str] = "",
+    def search(self, request: Request, services: ServicesDep, q: FromQuery[str] = "", er_area: FromQuery[str] = "",
                triage: FromQuery[str] = "", page_no: FromQuery[int] = 1) -> Template:
-        svc = services(request)
+        svc = services
         level = int(triage) if triage.isdecimal() and 1 <= int(triage) <= 5 else None
         page_no = min(max(1, page_no), 10**6)  # beyond any list; keeps the offset a database integer
         rows: Sequence[Patient]
@@ -101,8 +101,8 @@ class PatientController(Controller):
                     genders=GENDERS, version=None)
 
     @post("/new", sync_to_thread=True)
-    def register(self, request: Request, data: Form) -> Template | Redirect:
-        svc = services(request)
+    def register(self, request: Request, services: ServicesDep, data: Form) -> Template | Redirect:
+        svc = services
         values = {k: data.get(k, "") for k in FIELDS}
         parsed, errors = parse_form(data)
         if parsed is not None:
@@ -116,8 +116,8 @@ class PatientController(Controller):
                     genders=GENDERS, version=None)
 
     @get("/{patient_id:str}", sync_to_thread=True)
-    def detail(self, request: Request, patient_id: FromPath[str]) -> Template:
-        svc = services(request)
+    def detail(self, request: Request, services: ServicesDep, patient_id: FromPath[str]) -> Template:
+        svc = services
         patient = _get_patient(request, patient_id)
         history = patient_studies(svc.engine, patient)
         audit_read(request, "Patient", patient.id)
@@ -125,8 +125,8 @@ class PatientController(Controller):
                     models_ready=svc.models is not None, max_upload_mb=svc.settings.max_upload_bytes // 2**20)
 
     @get("/{patient_id:str}/history", sync_to_thread=True)
-    def history(self, request: Request, patient_id: FromPath[str]) -> Template:
-        svc = services(request)
+    def history(self, request: Request, services: ServicesDep, patient_id: FromPath[str]) -> Template:
+        svc = services
         patient = _get_patient(request, patient_id)
         audit_read(request, "Patient", patient.id, detail="diagnosis history")
         return page(request, "partials/history.html", patient=patient, history=patient_studies(svc.engine, patient))
@@ -139,8 +139,9 @@ class PatientController(Controller):
                     genders=GENDERS, version=patient.version_id)
 
     @post("/{patient_id:str}/edit", sync_to_thread=True)
-    def update(self, request: Request, patient_id: FromPath[str], data: Form) -> Template | Redirect:
-        svc = services(request)
+    def update(self, request: Request, services: ServicesDep, patient_id: FromPath[str],
+               data: Form) -> Template | Redirect:
+        svc = services
         patient = _get_patient(request, patient_id)
         values = {k: data.get(k, "") for k in FIELDS}
         raw_version = (data.get("version") or "").strip()

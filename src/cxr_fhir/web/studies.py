@@ -21,7 +21,7 @@ from ..services.reports import ReportStateError
 from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
 from ..storage.tables import Report
-from .common import audit_read, page, services, user
+from .common import ServicesDep, audit_read, page, services, user
 from .delivery import delivery_context
 from .guards import login_required
 from .images import FULL, THUMB, Renditions
@@ -59,8 +59,8 @@ class StudyController(Controller):
     guards = [login_required]
 
     @post("/patients/{patient_id:str}/studies", request_max_body_size=None)
-    async def upload(self, request: Request, patient_id: FromPath[str]) -> Template:
-        svc = services(request)
+    async def upload(self, request: Request, services: ServicesDep, patient_id: FromPath[str]) -> Template:
+        svc = services
         limit = svc.settings.max_upload_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdecimal() and int(declared) > limit * MAX_FILES + 2**20:
@@ -114,11 +114,11 @@ class StudyController(Controller):
                     colours=COLOURS)
 
     @get("/studies/{study_id:str}", sync_to_thread=True)
-    def result(self, request: Request, study_id: FromPath[str]) -> Template:
+    def result(self, request: Request, services: ServicesDep, study_id: FromPath[str]) -> Template:
         row = _row(request, study_id)
         audit_read(request, "Study", row.study.id, detail="result view")
         return page(request, "result.html", row=row, colours=COLOURS, all_findings=_all_findings(row),
-                    model_info=getattr(services(request).models, "model_info", None),
+                    model_info=getattr(services.models, "model_info", None),
                     **delivery_context(request, row.report.id if row.report else None))
 
     @get("/studies/{study_id:str}/image.png", sync_to_thread=True)
@@ -128,13 +128,14 @@ class StudyController(Controller):
         return _png(_renditions(request).png(row.study.content_sha256, THUMB if size == "thumb" else FULL))
 
     @get("/studies/{study_id:str}/overlay/{finding:str}", sync_to_thread=True)
-    def overlay(self, request: Request, study_id: FromPath[str], finding: FromPath[str]) -> Response:
+    def overlay(self, request: Request, services: ServicesDep, study_id: FromPath[str],
+                finding: FromPath[str]) -> Response:
         row = _row(request, study_id)
         digest = (row.analysis.overlays if row.analysis else {}).get(finding)
         if digest is None:
             raise NotFoundException()
         audit_read(request, "Study", row.study.id, subtype="read-image", detail=f"heatmap {finding}")
-        return _png(services(request).images.get(digest))
+        return _png(services.images.get(digest))
 
     @post("/reports/{report_id:str}/confirm", sync_to_thread=True)
     def confirm(self, request: Request, report_id: FromPath[str], data: Form) -> Template:
@@ -173,8 +174,8 @@ class StudyController(Controller):
                     error=error, draft=conclusion if error else None)
 
     @post("/studies/{study_id:str}/delete", sync_to_thread=True)
-    def delete(self, request: Request, study_id: FromPath[str]) -> Template:
-        svc = services(request)
+    def delete(self, request: Request, services: ServicesDep, study_id: FromPath[str]) -> Template:
+        svc = services
         row = _row(request, study_id, include_deleted=False)
         with writing(svc.engine) as s:
             svc.studies.delete(s, row.study.id, user(request).username)
