@@ -53,7 +53,13 @@ class Settings(BaseSettings):
                                     description="A study queued or analysing longer than this was interrupted")
     load_models: bool = Field(default=True, description="Load the inference models at start-up")
     log_level: str = "INFO"
-    secure_cookies: bool = False
+    secure_cookies: bool = Field(default=False, description="Cookies only over TLS; on by itself when "
+                                                          "public_base_url is https")
+    public_base_url: str | None = Field(default=None, description="The URL clients reach us at (behind a proxy), "
+                                                               "e.g. https://cxr.example.org; used for FHIR fullUrl "
+                                                               "and paging links instead of the Host header")
+    trusted_proxies: str = Field(default="", description="Comma-separated addresses of the reverse proxies whose "
+                                                         "X-Forwarded-For / -Proto are believed; empty: none")
     hospital_mrn_system: str = "urn:oid:2.16.840.1.113883.3.9999.1"
 
     @field_validator("runtime_dir", "weights_dir", "migrations_dir", "image_store_dir", mode="after")
@@ -81,6 +87,11 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Secure cookies (and HSTS) when asked, or when the public URL is https."""
+        return self.secure_cookies or (self.public_base_url or "").lower().startswith("https://")
 
     @property
     def ehr_push_enabled(self) -> bool:
