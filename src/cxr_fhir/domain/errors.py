@@ -68,6 +68,11 @@ class Refused(CxrError):
         self.code, self.reason = code, reason
 
 
+class TooCostly(CxrError):
+    """The request would take more than the server gives one request (a query past its time
+    limit, too many search values): narrow it."""
+
+
 class NotSupported(CxrError):
     """This server does not do that (a read-only type, an unknown resource type)."""
 

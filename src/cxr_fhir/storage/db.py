@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
+
+from ..domain.errors import TooCostly
 
 
 def make_engine(url: str) -> Engine:
@@ -62,10 +66,40 @@ def writing(engine: Engine) -> Iterator[Session]:
             raise
 
 
+# Every read unit is given this long; a query past it is stopped and answered as too costly, so one
+# request cannot hold a connection (or, on SQLite, a reader slot the checkpointer waits on) for long.
+QUERY_TIMEOUT_S = 5.0
+
+
 @contextmanager
-def reading(engine: Engine) -> Iterator[Session]:
+def reading(engine: Engine, timeout_s: float | None = QUERY_TIMEOUT_S) -> Iterator[Session]:
     """The unit of work that only reads: a deferred transaction (in WAL it never waits for a
     writer and never blocks one). It never commits: closing it ends the transaction, so nothing
-    can be written through it, and what it loaded stays readable afterwards."""
+    can be written through it, and what it loaded stays readable afterwards. Its queries together
+    may take ``timeout_s``; past it they are interrupted and ``TooCostly`` is raised."""
     with Session(engine, expire_on_commit=False) as session:
-        yield session
+        if timeout_s is None:
+            yield session
+            return
+        driver = session.connection().connection.driver_connection
+        assert driver is not None  # a live pooled connection always has its driver connection
+        deadline = time.monotonic() + timeout_s
+        if engine.dialect.name == "sqlite":
+            # Called every 10,000 SQLite VM steps; a true answer interrupts the running statement.
+            driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        else:
+            session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"))
+        try:
+            yield session
+        except OperationalError as exc:
+            if _interrupted(exc):
+                raise TooCostly(f"the query took longer than {timeout_s:g} s; narrow the search") from None
+            raise
+        finally:
+            if engine.dialect.name == "sqlite":
+                driver.set_progress_handler(None, 0)
+
+
+def _interrupted(exc: OperationalError) -> bool:
+    """SQLite's 'interrupted' (our progress handler) or PostgreSQL's query_canceled (57014)."""
+    return "interrupted" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "57014"

@@ -15,13 +15,33 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.response import Redirect
 
-from ..domain.errors import Gone, NotFound
+from ..domain.errors import (
+    BusinessRule,
+    CxrError,
+    Duplicate,
+    Gone,
+    Invalid,
+    InvalidRequest,
+    NotFound,
+    NotSupported,
+    Refused,
+    TooCostly,
+    Unavailable,
+    VersionConflict,
+)
 from .common import page
 
 log = logging.getLogger("cxr_fhir.web")
 
-TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed here",
-          413: "File too large", 500: "Something went wrong"}
+TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed here", 409: "Changed meanwhile",
+          413: "File too large", 422: "Cannot be done", 500: "Something went wrong", 503: "Try again shortly"}
+# The pages' one table from the domain's error taxonomy to a status (looked up along the MRO);
+# the message is the error's own, written for people. Handlers that can show an error next to its
+# form field catch it first; this answers whatever reaches the app.
+DOMAIN_STATUS: dict[type[CxrError], int] = {
+    InvalidRequest: 400, TooCostly: 400, NotFound: 404, Gone: 404, NotSupported: 405, VersionConflict: 409,
+    Duplicate: 409, Invalid: 422, BusinessRule: 409, Refused: 422, Unavailable: 503,
+}
 API_PREFIXES = ("/fhir", "/health", "/ready")
 
 
@@ -60,8 +80,14 @@ def http_error(request: Request, exc: HTTPException) -> Response:
     return _error_page(request, status, message)
 
 
-def storage_missing(request: Request, exc: NotFound | Gone) -> Response:
-    return _error_page(request, 404, "There is no such patient or study (it may have been deleted).")
+def domain_error(request: Request, exc: CxrError) -> Response:
+    status = next(DOMAIN_STATUS[k] for k in type(exc).__mro__ if k in DOMAIN_STATUS)
+    if status == 404:
+        return _error_page(request, 404, "There is no such patient or study (it may have been deleted).")
+    response = _error_page(request, status, exc.message)
+    if isinstance(exc, Unavailable):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def internal_error(request: Request, exc: Exception) -> Response:
@@ -81,4 +107,4 @@ def exception_handlers(api_errors: Callable[[Request, HTTPException], Response] 
         return dispatch
 
     return {NotAuthorizedException: routed(not_authorized), HTTPException: routed(http_error),
-            NotFound: storage_missing, Gone: storage_missing, 500: internal_error}
+            CxrError: domain_error, 500: internal_error}

@@ -15,6 +15,7 @@ from ...domain.errors import (
     NotFound,
     NotSupported,
     Refused,
+    TooCostly,
     Unavailable,
     VersionConflict,
 )
@@ -69,6 +70,7 @@ def unprocessable(diagnostics: str, expression: list[str] | None = None) -> Fhir
 # along the exception's MRO, so DuplicateMrn (Duplicate, Invalid) answers as a Duplicate.
 DOMAIN_STATUS: dict[type[CxrError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid"),
+    TooCostly: (400, "too-costly"),
     NotFound: (404, "not-found"),
     Gone: (410, "deleted"),
     VersionConflict: (412, "conflict"),
