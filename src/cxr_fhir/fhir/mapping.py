@@ -107,6 +107,8 @@ def imaging_study(row: Study) -> ImagingStudy:
             series["instance"] = [{"uid": row.sop_instance_uid, "number": 1,
                                    "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{row.sop_class_uid}"}}]
         data["series"] = [series]
+    if row.identity_warning:  # for the doctor to resolve, as PACS reconciliation flags it
+        data["note"] = [{"text": f"Identity check: {row.identity_warning}"}]
     return ImagingStudy(**data)
 
 

@@ -19,8 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ..domain.errors import InvalidRequest, Unavailable
+from ..domain.identity import name_mismatch
 from ..domain.report import conclusion
 from ..domain.triage import default_rules, triage
+from ..domain.vocabulary import StudyStatus
 from ..imaging import ImageRejected, XRayImage, load
 from ..storage.db import writing
 from ..storage.fhir import projection
@@ -122,7 +124,7 @@ class AnalysisService:
         Only those older than any analysis could take, so another instance's work is untouched."""
         cutoff = utcnow() - older_than
         with writing(engine) as s:
-            stuck = s.exec(select(Study).where(col(Study.status).in_(("queued", "analyzing")),
+            stuck = s.exec(select(Study).where(col(Study.status).in_((StudyStatus.QUEUED, StudyStatus.ANALYZING)),
                                                col(Study.deleted_at).is_(None), Study.updated_at < cutoff)).all()
             for row in stuck:
                 _fail(s, row.id, "interrupted: the service stopped during the analysis; upload the image again")
@@ -152,7 +154,7 @@ class AnalysisService:
                 actor="system")
             if self.push_enabled:
                 enqueue_delivery(s, report)
-            study = StudyRepository(s).update(study.id, {"status": "analyzed"}, actor="system")
+            study = StudyRepository(s).update(study.id, {"status": StudyStatus.ANALYZED}, actor="system")
             projection.study(s, study)
             projection.results(s, study, analysis, report)
         log.info("study analysed", extra={"study": study.id, "priority": assessed.priority,
@@ -180,7 +182,9 @@ class AnalysisService:
                 if self.patients is None:
                     raise InvalidRequest("a patient is required")
                 patient_id = self.patients.from_dicom(s, md, actor).id
-            PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
+            patient = PatientRepository(s).get(patient_id)  # NotFound / Gone before anything is written
+            _check_uids_belong_to(s, patient_id, md)
+            warning = name_mismatch(md.get("patient_name"), patient.family, patient.given)
             try:
                 digest = self.images.put(data)
             except OSError as exc:  # disk full, read-only, permissions: no file, so no row either
@@ -198,14 +202,31 @@ class AnalysisService:
                 accession_number=md.get("accession_number"),
                 modality=md.get("modality") or "DX", view_position=md.get("view_position"),
                 acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
-                status="queued", uploaded_by=actor), actor=actor)
+                status=StudyStatus.QUEUED, identity_warning=warning, uploaded_by=actor), actor=actor)
             projection.study(s, study)
             return study
 
 
+def _check_uids_belong_to(s: Session, patient_id: str, header: dict[str, Any]) -> None:
+    """A DICOM UID names one thing: a study, series or instance UID already filed under another
+    patient's study is refused (the EHR and the PACS match studies on them)."""
+    for column, key, label in ((Study.study_uid, "study_uid", "StudyInstanceUID"),
+                               (Study.series_uid, "series_uid", "SeriesInstanceUID"),
+                               (Study.sop_instance_uid, "sop_instance_uid", "SOPInstanceUID")):
+        uid = header.get(key)
+        if not uid:
+            continue
+        other = s.exec(select(Study.id).where(col(column) == uid, col(Study.patient_id) != patient_id,
+                                              col(Study.deleted_at).is_(None)).limit(1)).first()
+        if other is not None:
+            raise ImageRejected("uid-conflict", f"the film's {label} {uid} belongs to another patient's study; "
+                                                "check the patient's identity before sending it again")
+
+
 def _fail(s: Session, study_id: str, reason: str) -> Study:
     """A study ends failed with its reason, in the API as on the pages."""
-    failed = StudyRepository(s).update(study_id, {"status": "failed", "failure_reason": reason}, actor="system")
+    changes = {"status": StudyStatus.FAILED, "failure_reason": reason}
+    failed = StudyRepository(s).update(study_id, changes, actor="system")
     projection.study(s, failed)
     return failed
 

@@ -76,6 +76,8 @@ class Study(VersionedFields, table=True):
     status: str = Field(default=StudyStatus.RECEIVED, max_length=16, index=True,
                         description="a StudyStatus: received | queued | analyzing | analyzed | failed")
     failure_reason: str | None = Field(default=None)
+    # Set when a DICOM header names the patient differently from the record it was filed under.
+    identity_warning: str | None = Field(default=None, max_length=500)
     uploaded_by: str | None = Field(default=None, max_length=128)
 
 

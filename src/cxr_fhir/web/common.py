@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request
-from litestar.params import Dependency
+from litestar.params import SkipValidation
 from litestar.response import Template
 
 from ..domain.findings import BY_NAME
@@ -25,7 +25,7 @@ STATUS_LABEL = {"preliminary": "Preliminary (to confirm)", "final": "Confirmed",
 
 # The Services object the app injects into handlers (app.py, `dependencies`). It is built by us, not
 # parsed from the request, so Litestar is told not to validate it (nor to resolve its model types).
-ServicesDep = Annotated[Services, Dependency(skip_validation=True)]
+ServicesDep = SkipValidation[Services]
 
 
 def services(request: Request) -> Services:
