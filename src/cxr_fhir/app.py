@@ -15,11 +15,12 @@ from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import HTTPException
 from litestar.response import Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 
+from .admission import BODY_TIMEOUT_S, GONE_KEY, Admission
 from .api.fhir.routes import fhir_error_response, fhir_router, is_fhir_path
 from .services.analysis import AnalysisService
 from .services.container import Services
@@ -82,34 +83,10 @@ def load_models(services: Services) -> None:
         log.error("models not loaded", extra={"reason": str(exc)})
 
 
-def _bounded_bodies(limit: int):
-    """No request body outside /fhir (which has its own limit) may exceed ``limit`` bytes, counted
-    as it arrives: a chunked upload declares no length and would otherwise be read without end."""
-
-    def wrap(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP or is_fhir_path(scope.get("path", "")):
-                await app(scope, receive, send)
-                return
-            seen = 0
-
-            async def counted() -> Any:
-                nonlocal seen
-                message: Any = await receive()  # an ASGI message: a plain dict
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise ClientException(status_code=413, detail=f"the request body is larger than {limit} bytes")
-                return message
-
-            await app(scope, counted, send)
-
-        return middleware
-
-    return wrap
-
-
 def _access_log(app: ASGIApp) -> ASGIApp:
-    """Log method, path, status and duration; never the query string (names and MRNs live there)."""
+    """Log method, path, status and duration; never the query string (names and MRNs live there).
+    It wraps the whole app (create_app), so the status is the one sent, wherever the answer was made;
+    499 when the client went away before its request body was complete."""
     access = logging.getLogger("cxr_fhir.access")
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,7 +105,8 @@ def _access_log(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_wrapper)
         finally:
             access.info("request", extra={"method": scope.get("method"), "path": scope.get("path"),
-                                          "status": status.get("code", 500),
+                                          "status": status.get("code", 499 if scope.get("state", {}).get(
+                                              GONE_KEY) else 500),
                                           "ms": round((time.perf_counter() - start) * 1000, 1)})
 
     return middleware
@@ -154,7 +132,8 @@ def _app_errors(request: Request, exc: HTTPException) -> Response:
                     headers=exc.headers)
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) -> Litestar:
+    """``body_timeout_s``: how long a request body may make no progress before it is answered 408."""
     services = Services(settings=settings, engine=make_engine(settings.effective_database_url),
                         images=ImageStore(settings.effective_image_store_dir),
                         queue=InferenceQueue(settings.max_queued_analyses))
@@ -184,7 +163,7 @@ def create_app(settings: Settings) -> Litestar:
     from .web import web_config  # the doctor's pages (templates, CSRF and error pages scoped to them)
 
     web = web_config(settings, api_errors=_app_errors)
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, fhir_router(settings.max_upload_bytes), *web.route_handlers],
         template_config=web.template_config, csrf_config=web.csrf_config,
         exception_handlers=web.exception_handlers,
@@ -192,7 +171,12 @@ def create_app(settings: Settings) -> Litestar:
         # The one Services object, injected into every handler that names it (as litestar-fullstack does).
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         lifespan=[lifespan],
-        # Ten files at the upload limit, plus the form around them (see web/studies.py).
-        middleware=[_access_log, _bounded_bodies(settings.max_upload_bytes * 10 + 2**20), *web.middleware],
+        middleware=web.middleware,
         logging_config=None,  # the process entry point (cli.py) configures JSON logging
     )
+    # Outside the router and its exception handlers (so before CSRF, routing and any body read):
+    # the admission of request bodies (authentication and size limits per route), then the access
+    # log, which thus records the status actually sent.
+    app.asgi_handler = _access_log(Admission(app.asgi_handler, services.engine, settings.max_upload_bytes,
+                                             body_timeout_s))
+    return app

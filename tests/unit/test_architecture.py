@@ -25,6 +25,7 @@ ROOM_OF_MODULE = {
     "cxr_fhir.settings": "config",
     "cxr_fhir.logs": "config",
     "cxr_fhir.app": "app",
+    "cxr_fhir.admission": "app",
     "cxr_fhir.cli": "app",
 }
 

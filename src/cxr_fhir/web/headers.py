@@ -1,4 +1,7 @@
-"""Security headers on every web response (not on the FHIR API, which sets its own)."""
+"""Security headers on every web response (not on the FHIR API, which sets its own).
+
+``with_security_headers`` is also used by the app's outermost middleware (cxr_fhir.admission), so
+that answers made outside the handlers (a CSRF 403, a 413, a routing 404) carry them too."""
 
 from __future__ import annotations
 
@@ -21,6 +24,15 @@ HEADERS = [
 NO_STORE = (b"cache-control", b"no-store")  # pages and images of patients stay out of shared caches
 
 
+def with_security_headers(path: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus those of HEADERS (and no-store outside /static/) that it does not set itself."""
+    names = {k.lower() for k, _ in headers}
+    headers = [*headers, *(h for h in HEADERS if h[0] not in names)]
+    if not path.startswith("/static/") and b"cache-control" not in names:
+        headers.append(NO_STORE)
+    return headers
+
+
 def security_headers(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == ScopeType.HTTP else ""
@@ -30,12 +42,7 @@ def security_headers(app: ASGIApp) -> ASGIApp:
 
         async def send_wrapper(message: Any) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {k.lower() for k, _ in headers}
-                headers += [h for h in HEADERS if h[0] not in names]
-                if not path.startswith("/static/") and b"cache-control" not in names:
-                    headers.append(NO_STORE)
-                message["headers"] = headers
+                message["headers"] = with_security_headers(path, list(message.get("headers", [])))
             await send(message)
 
         await app(scope, receive, send_wrapper)

@@ -64,6 +64,20 @@ def require(client: ApiClient, resource_type: str, access: str) -> None:
                                     f"(needs system/{resource_type}.{access})", "forbidden")
 
 
+def can_read(client: ApiClient) -> Callable[[str], bool]:
+    """Whether the client may read a resource type, by the very rule ``require`` enforces (AuditEvent
+    only through a scope that names it): for what a search returns besides its matches (includes,
+    revincludes), each checked by its own type."""
+    def readable(resource_type: str) -> bool:
+        try:
+            require(client, resource_type, "read")
+        except errors.FhirError:
+            return False
+        return True
+
+    return readable
+
+
 def audit_interaction(request: Request, client: ApiClient | None, interaction: str, resource_type: str | None,
            resource_id: str | None, status: int, detail: str | None = None) -> None:
     outcome = "0" if status < 400 else ("4" if status < 500 else "8")

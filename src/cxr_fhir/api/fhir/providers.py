@@ -22,7 +22,7 @@ from sqlmodel import Session
 from ...domain.errors import Gone, NotFound, VersionConflict
 from ...domain.text import has_control
 from ...domain.vocabulary import Origin, ReportStatus
-from ...fhir import bindings, mapping
+from ...fhir import bindings, mapping, references
 from ...imaging.loader import sniff
 from ...services.patients import PatientInput, PatientInvalid, PatientService
 from ...services.reports import ReportStateError
@@ -74,6 +74,13 @@ def parse(resource_type: str, body: Any) -> dict[str, Any]:
         raise errors.unprocessable("; ".join(f"{path}: {value!r} is not a code of its R4 value set ("
                                              + " | ".join(codes) + ")" for path, value, codes in wrong),
                                    [path for path, _, _ in wrong])
+    misdirected = references.wrong_targets(resource_type, model)[:20]
+    if misdirected:
+        # R4 type constraints (Observation.device is Reference(Device | DeviceMetric)): the model takes a
+        # reference to any type; served as it stands, an _include would return a type of its own choosing.
+        raise errors.unprocessable("; ".join(f"{path}: {ref!r} is not a reference to " + " | ".join(allowed)
+                                             for path, ref, allowed in misdirected),
+                                   [path for path, _, _ in misdirected])
     return content
 
 

@@ -26,7 +26,7 @@ from ...storage.fhir.delivery import with_delivery_status
 from ...storage.tables import ApiClient
 from . import analyze, errors, interactions, openapi, transactions
 from .capability import capability_statement
-from .guard import actor_of, audit_entries, guarded, require, require_criteria
+from .guard import actor_of, audit_entries, can_read, guarded, require, require_criteria
 from .history import history_bundle
 from .negotiation import (
     JSON_TYPES,
@@ -84,7 +84,7 @@ def _batch_or_transaction(request: Request, data: bytes) -> Response:
             require_criteria(client, rtype, urlencode(pairs))
             require_criteria(client, rtype, str(req.get("ifNoneExist") or ""))
         response, done = transactions.process(services_of(request).engine, services_of(request), bundle,
-                                              actor_of(client), base_url(request))
+                                              actor_of(client), base_url(request), can_read=can_read(client))
         audit_entries(request, client, done)
         return respond(request, response)
 
@@ -101,7 +101,8 @@ def search_type(request: Request, resource_type: openapi.ResourceType) -> Respon
             for other in search.types_read(resource_type, pairs):
                 require(client, other, "read")
             strict = "handling=strict" in request.headers.get("prefer", "")
-            return respond(request, search.bundle(s, resource_type, pairs, base_url(request), strict))
+            return respond(request, search.bundle(s, resource_type, pairs, base_url(request), strict,
+                                                  can_read=can_read(client)))
 
     return guarded(request, "search-type", resource_type, None, "read", work)
 

@@ -8,6 +8,7 @@ their ids before anything runs, so entries may refer to each other in any order.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -88,17 +89,20 @@ def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _run(s: Session, services: Any, entry: dict[str, Any], actor: Actor, base: str,
-         assigned: dict[int, str] | None = None, index: int = 0) -> tuple[interactions.Result, dict | None]:
+         can_read: Callable[[str], bool], assigned: dict[int, str] | None = None, index: int = 0
+         ) -> tuple[interactions.Result, dict | None]:
     req = entry["request"]
     method, (rtype, rid, version, pairs) = req["method"], split_url(req["url"])
     resource = entry.get("resource")
     if method in ("GET", "HEAD"):
+        if not can_read(rtype):  # checked before the Bundle runs too; a read returns nothing else
+            raise errors.FhirError(403, f"the token's scopes do not allow read on {rtype}", "forbidden")
         if rid and version:
             return interactions.vread(s, rtype, rid, version), None
         if rid:
             return interactions.read(s, services, rtype, rid), None
         interactions.provider(rtype, services)
-        return interactions.Result(200), search.bundle(s, rtype, pairs, base)
+        return interactions.Result(200), search.bundle(s, rtype, pairs, base, can_read=can_read)
     if_match = version_from_etag(req.get("ifMatch"))
     if method == "DELETE":
         if not rid:
@@ -174,9 +178,10 @@ def _preassign(s: Session, services: Any, entries: list[dict[str, Any]]) -> tupl
     return refs, assigned
 
 
-def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor, base: str
-            ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:
-    """The response Bundle, and (entry request, status) pairs for the audit trail."""
+def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor, base: str, *,
+            can_read: Callable[[str], bool]) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int]]]:
+    """The response Bundle, and (entry request, status) pairs for the audit trail. ``can_read``
+    (resource type -> whether the caller may read it) decides what a GET entry may return."""
     kind = bundle.get("type") if isinstance(bundle, dict) else None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
         raise errors.bad_request("POST /fhir takes a Bundle of type batch or transaction")
@@ -194,7 +199,7 @@ def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor,
                     raise errors.bad_request(f"entry {i} refers to {dangling}, which no entry of this transaction "
                                              "creates; nothing was stored", [f"Bundle.entry[{i}].resource"])
                 try:
-                    result, payload = _run(s, services, entry, actor, base, assigned, i)
+                    result, payload = _run(s, services, entry, actor, base, can_read, assigned, i)
                 except (errors.FhirError, CxrError) as caught:
                     exc = errors.as_fhir(caught)
                     exc.diagnostics = f"transaction failed at entry {i} ({entry['request']['method']} " \
@@ -206,7 +211,7 @@ def process(engine: Engine, services: Any, bundle: dict[str, Any], actor: Actor,
         for i in order:
             try:
                 with writing(engine) as s:
-                    result, payload = _run(s, services, entries[i], actor, base)
+                    result, payload = _run(s, services, entries[i], actor, base, can_read)
                 responses[i] = _response(result, payload)
                 audit.append((entries[i]["request"], result.status))
             except (errors.FhirError, CxrError) as caught:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -168,8 +169,18 @@ def _shape(content: dict[str, Any], elements: list[str] | None) -> dict[str, Any
     return out
 
 
-def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = True
-           ) -> dict[str, Any]:
+def no_other_type(resource_type: str) -> bool:
+    """The reader of a search that has no caller to ask (a storage-level test): matches only."""
+    return False
+
+
+def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = True, *,
+           can_read: Callable[[str], bool] = no_other_type) -> dict[str, Any]:
+    """The searchset Bundle. ``can_read`` (resource type -> whether the caller may read it) decides
+    which included resources are returned: each is checked by the type it IS, whatever the
+    _include or _revinclude named, so a reference to another type (stored before references were
+    checked, or by any other path) hands out nothing the caller could not read itself. The matches
+    are of ``resource_type``, which the caller has checked already."""
     query, options = parse(resource_type, pairs, strict)
     count_only = options["summary"] == "count" or query.count == 0
     matches, total = store.search(s, resource_type, query, count_only=count_only)
@@ -179,7 +190,7 @@ def bundle(s: Session, resource_type: str, pairs: list[tuple[str, str]], base: s
                                                 None if count_only else query.count, total)}
     if count_only:
         return out
-    included = _included(s, resource_type, matches, options)
+    included = _included(s, resource_type, matches, options, can_read)
     # The delivery status of every DiagnosticReport on the page, in one query.
     statuses = newest_statuses(s, [r.id for r in (*matches, *included) if r.resource_type == "DiagnosticReport"])
     entries = [_entry(row, statuses, base, "match", options["elements"]) for row in matches]
@@ -196,8 +207,8 @@ def _entry(row: FhirResource, statuses: dict[str, str], base: str, mode: str, el
             "search": {"mode": mode}}
 
 
-def _included(s: Session, resource_type: str, matches: list[FhirResource], options: dict[str, Any]
-              ) -> list[FhirResource]:
+def _included(s: Session, resource_type: str, matches: list[FhirResource], options: dict[str, Any],
+              can_read: Callable[[str], bool]) -> list[FhirResource]:
     ids = [m.id for m in matches]
     seen = {(m.resource_type, m.id) for m in matches}
     out: list[FhirResource] = []
@@ -206,12 +217,16 @@ def _included(s: Session, resource_type: str, matches: list[FhirResource], optio
         keys = store.references_from(s, resource_type, ids, param)
         if target:
             keys = [k for k in keys if k.startswith(f"{target[0]}/")]
-        out += store.fetch(s, keys)
+        # A stored reference may name any type, whatever the parameter's targets: not even looked up.
+        out += store.fetch(s, [k for k in keys if can_read(k.partition("/")[0])])
     for spec in options["revinclude"]:
         source, param = spec.split(":")[:2]
-        out += store.referring(s, source, param, [f"{resource_type}/{i}" for i in ids])
+        if can_read(source):
+            out += store.referring(s, source, param, [f"{resource_type}/{i}" for i in ids])
     unique = []
     for row in out:
+        if not can_read(row.resource_type):  # the type of the row itself, the one that is returned
+            continue
         if (row.resource_type, row.id) not in seen:
             seen.add((row.resource_type, row.id))
             unique.append(row)

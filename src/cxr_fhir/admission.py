@@ -1,0 +1,237 @@
+"""Admission of request bodies: the outermost ASGI middleware, in front of CSRF and the router.
+
+A request that may carry a body is, before a byte of that body is read:
+
+1. classified by its route, which gives the most it may send (``Admission.limit_for``);
+2. authenticated: a valid bearer token under /fhir, a valid session cookie on the pages (``/login``
+   and ``/logout`` excepted). An unauthenticated request still goes on to the app, which answers
+   it as it always has (the FHIR guard's 401 and its audit event, the CSRF 403, the login
+   redirect), but with an empty body: what the client sends is never read, and the connection is
+   closed after the answer;
+3. refused with 413 when its Content-Length is over the limit; otherwise its body is counted as it
+   arrives and refused with 413 past the limit (nothing more is read), and with 408 when it makes
+   no progress for ``body_timeout_s``.
+
+A client that goes away in the middle of its body ends the request with one log line (no
+traceback). Every answer, wherever it was made, gets the security headers of its side (the pages'
+or the API's), so that errors made outside the handlers (CSRF 403, 413, routing 404/405) carry them
+too.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio import to_thread
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.engine import Engine
+
+from .api.fhir.errors import FhirError
+from .api.fhir.negotiation import FHIR_JSON, SECURITY_HEADERS
+from .security.clients import authenticate
+from .storage.db import reading
+from .web.headers import with_security_headers
+from .web.sessions import COOKIE, SessionStore
+
+log = logging.getLogger("cxr_fhir.admission")
+
+BODY_TIMEOUT_S = 30.0  # no byte of the body for this long: 408
+KIB, MIB = 1024, 1024 * 1024
+BUNDLE_LIMIT = 16 * MIB  # POST /fhir (batch or transaction)
+FHIR_WRITE_LIMIT = 4 * MIB  # any other /fhir request with a body
+LOGIN_LIMIT = 16 * KIB  # /login, /logout: a user name, a password and a CSRF token
+FORM_LIMIT = 64 * KIB  # every other page form
+UPLOAD_FILES = 10  # as web/studies.py: ten files at the upload limit plus the form around them
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+UPLOAD = re.compile(r"^/patients/[^/]+/studies/?$")
+ANALYZE = re.compile(r"^/fhir/ImagingStudy/\$analyze/?$")
+GONE_KEY = "cxr_fhir.client_gone"  # in scope["state"]: the access log records 499 for it
+
+_FHIR_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
+class _Stop(BaseException):
+    """Unwinds the app once the middleware has answered (or the client has gone): a BaseException,
+    so that no ``except Exception`` on the way turns it into a 500 and a traceback."""
+
+
+def is_fhir(path: str) -> bool:
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def add_security_headers(path: str, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if is_fhir(path):
+        names = {k.lower() for k, _ in headers}
+        return [*headers, *(h for h in _FHIR_HEADERS if h[0] not in names)]
+    return with_security_headers(path, headers)
+
+
+def _token_valid(engine: Engine, token: str) -> bool:
+    with reading(engine) as s:
+        return authenticate(s, token) is not None
+
+
+class Admission:
+    def __init__(self, app: ASGIApp, engine: Engine, max_upload_bytes: int,
+                 body_timeout_s: float = BODY_TIMEOUT_S):
+        self.app, self.engine, self.body_timeout_s = app, engine, body_timeout_s
+        self.analyze_limit = int(max_upload_bytes * 1.4) + 64 * KIB  # base64 in a Parameters resource
+        self.upload_limit = max_upload_bytes * UPLOAD_FILES + MIB
+
+    def limit_for(self, method: str, path: str) -> int:
+        if is_fhir(path):
+            if ANALYZE.match(path):
+                return self.analyze_limit
+            if path in ("/fhir", "/fhir/") and method == "POST":
+                return min(BUNDLE_LIMIT, self.analyze_limit)
+            return min(FHIR_WRITE_LIMIT, self.analyze_limit)
+        if method == "POST" and UPLOAD.match(path):
+            return self.upload_limit
+        if path in ("/login", "/logout"):
+            return LOGIN_LIMIT
+        return FORM_LIMIT
+
+    async def authenticated(self, scope: Scope, path: str) -> bool:
+        """A valid bearer token under /fhir, a valid session on the pages (none needed to log in or out)."""
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
+        try:
+            if is_fhir(path):
+                scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    return False
+                return await to_thread.run_sync(_token_valid, self.engine, token.strip())
+            if path in ("/login", "/logout"):
+                return True
+            user = await to_thread.run_sync(SessionStore(self.engine).user_for, connection.cookies.get(COOKIE))
+        except Exception:  # the database is unreachable: the app answers that (503) itself
+            log.warning("request not authenticated: the look-up failed", extra={"path": path}, exc_info=False)
+            return False
+        if user is None:
+            return False
+        scope["state"]["user"] = user  # web/guards.current_user looks it up no second time
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET")
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        declared_raw = headers.get(b"content-length", b"").strip()
+        declared = int(declared_raw) if declared_raw.isdigit() else None
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        has_body = method in BODY_METHODS or chunked or bool(declared)
+        started = False  # a response has begun (by the app or by us)
+        answered = False  # we answered: whatever the app still sends is dropped
+        close = False  # the body was not read to its end: the connection cannot be reused
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                out = add_security_headers(path, list(message.get("headers", [])))
+                if close:
+                    out = [h for h in out if h[0].lower() != b"connection"] + [(b"connection", b"close")]
+                message["headers"] = out
+            await send(message)
+
+        if not has_body:
+            await self.app(scope, receive, send_wrapper)
+            return
+
+        limit = self.limit_for(method, path)
+
+        async def refuse(status: int, text: str) -> None:
+            nonlocal answered, close
+            if started:
+                return  # the app has begun to answer: it can only be cut short
+            close = True
+            if is_fhir(path):
+                code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
+                body = json.dumps(FhirError(status, text, code).outcome()).encode()
+                ctype = FHIR_JSON.encode()
+            else:
+                body = (f'<!doctype html><title>Error {status}</title><p class="error">{html.escape(text)}</p>'
+                        ).encode()
+                ctype = b"text/html; charset=utf-8"
+            await send_wrapper({"type": "http.response.start", "status": status,
+                                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+            await send_wrapper({"type": "http.response.body", "body": body, "more_body": False})
+            answered = True
+
+        if not await self.authenticated(scope, path):
+            # The app answers as ever (401 and its audit, CSRF 403, the login redirect), from an
+            # empty body: nothing the client sends is read.
+            close = True
+            given = False
+
+            async def nothing() -> Any:
+                nonlocal given
+                if given:
+                    return {"type": "http.disconnect"}
+                given = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await self.app(scope, nothing, send_wrapper)
+            return
+
+        too_large = f"the request body is larger than {limit} bytes, the most this address accepts"
+        if declared is not None and declared > limit:
+            await refuse(413, too_large)
+            return
+
+        seen = 0
+        complete = False
+
+        async def counted() -> Any:
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            message: Any = None
+            with anyio.move_on_after(self.body_timeout_s):
+                message = await receive()
+            if message is None:
+                log.info("request body timed out", extra={"path": path, "method": method, "bytes": seen,
+                                                          "timeout_s": self.body_timeout_s})
+                await refuse(408, f"no part of the request body arrived for {self.body_timeout_s:g} s")
+                raise _Stop
+            if message["type"] == "http.disconnect":
+                log.info("client disconnected before the end of its request body",
+                         extra={"path": path, "method": method, "bytes": seen})
+                scope["state"][GONE_KEY] = True
+                raise _Stop
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                log.info("request body over the limit", extra={"path": path, "method": method, "limit": limit})
+                await refuse(413, too_large)
+                raise _Stop
+            complete = not message.get("more_body", False)
+            return message
+
+        try:
+            await self.app(scope, counted, send_wrapper)
+        except _Stop:
+            return
+        except BaseExceptionGroup as group:  # raised inside a task group on the way
+            _, rest = group.split(_Stop)
+            if rest is not None:
+                raise rest from None
+
+
+def admission(engine: Engine, max_upload_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
+              ) -> Callable[[ASGIApp], ASGIApp]:
+    def wrap(app: ASGIApp) -> ASGIApp:
+        return Admission(app, engine, max_upload_bytes, body_timeout_s)
+    return wrap
