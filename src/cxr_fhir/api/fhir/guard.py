@@ -22,6 +22,7 @@ from .negotiation import response_type, services_of
 from .providers import PROVIDERS, Actor
 
 log = logging.getLogger("cxr_fhir.fhir")
+MAX_QUERY_BYTES = 8192  # the whole query string of one request (a search's limits are in storage/fhir/search)
 
 INTERACTION_ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R",
                       "history-type": "R", "create": "C", "update": "U", "delete": "D", "transaction": "E",
@@ -103,6 +104,9 @@ def guarded(request: Request, interaction: str, resource_type: str | None, resou
         provider = PROVIDERS.get(resource_type or "")
         if not (provider and provider.raw):  # a Binary answers with the image itself when asked
             response_type(request)
+        if len(request.scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            raise errors.FhirError(400,
+                                   f"the query string is longer than {MAX_QUERY_BYTES} bytes", "too-costly")
         client = client_of(request)
         if access and resource_type:
             require(client, resource_type, access)

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from sqlmodel import Session
 
-from ...domain.errors import InvalidRequest
+from ...domain.errors import InvalidRequest, TooCostly
 from ...domain.text import has_control
 from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
 from ..tables import FhirResource
@@ -38,6 +38,28 @@ def whole_number(name: str, value: str, low: int) -> int:
     return n
 
 
+# What one search may ask: past these a request is refused (400 naming the limit) before any SQL is
+# built, so no query string can make a statement of thousands of ORed conditions.
+MAX_PAIRS = 60  # parameter occurrences in one search
+MAX_REPEATS = 10  # occurrences of one parameter (ANDed)
+MAX_VALUES = 20  # comma-separated values in one occurrence (ORed)
+MAX_VALUE_CHARS = 512  # one value
+
+
+def check_limits(pairs: list[tuple[str, str]]) -> None:
+    if len(pairs) > MAX_PAIRS:
+        raise TooCostly(f"a search may hold at most {MAX_PAIRS} parameters (this one has {len(pairs)})")
+    seen: dict[str, int] = {}
+    for key, value in pairs:
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > MAX_REPEATS:
+            raise TooCostly(f"search parameter {key[:64]!r} may be repeated at most {MAX_REPEATS} times")
+        if len(value) > MAX_VALUE_CHARS:
+            raise TooCostly(f"a value of search parameter {key[:64]!r} is longer than {MAX_VALUE_CHARS} characters")
+        if value.count(",") >= MAX_VALUES:
+            raise TooCostly(f"search parameter {key[:64]!r} may list at most {MAX_VALUES} values")
+
+
 def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
           ) -> tuple[store.Query, dict[str, Any]]:
     """Query criteria and the control options (_summary, _elements, _include, _revinclude).
@@ -45,6 +67,7 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], strict: bool = True
     Lenient (``strict=False``, the default of the REST search as in HAPI): unknown parameters are
     ignored and listed in options["ignored"], so the self link can leave them out. A malformed
     value of a known parameter is always an error."""
+    check_limits(pairs)
     query = store.Query()
     options: dict[str, Any] = {"summary": "false", "elements": None, "include": [], "revinclude": [],
                                "ignored": []}
