@@ -83,6 +83,28 @@ def load_models(services: Services) -> None:
         log.error("models not loaded", extra={"reason": str(exc)})
 
 
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def _strict_transport(app: ASGIApp) -> ASGIApp:
+    """Behind TLS (an https public URL, or CXR_SECURE_COOKIES): every answer, pages, API and errors
+    alike, tells the browser to use https only (HSTS)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), HSTS]
+            await send(message)
+
+        await app(scope, receive, send_wrapper)
+
+    return middleware
+
+
 def _access_log(app: ASGIApp) -> ASGIApp:
     """Log method, path, status and duration; never the query string (names and MRNs live there).
     It wraps the whole app (create_app), so the status is the one sent, wherever the answer was made;
@@ -179,4 +201,6 @@ def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) ->
     # log, which thus records the status actually sent.
     app.asgi_handler = _access_log(Admission(app.asgi_handler, services.engine, settings.max_upload_bytes,
                                              body_timeout_s))
+    if settings.cookies_secure:
+        app.asgi_handler = _strict_transport(app.asgi_handler)
     return app

@@ -112,21 +112,21 @@ def test_health_and_ready_are_outside_csrf_and_sessions(client):
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def test_lock_out_after_repeated_failures(client, app_settings):
-    for _ in range(4):
+def test_repeated_failures_slow_that_address_down_without_locking_the_account(client, app_settings):
+    # Changed from the old hard lock (5 failures locked the account for 15 min, which anyone could trigger):
+    # the failing address now waits a growing delay; the account itself is never locked
+    # (tests/integration/test_login_throttle.py shows the real user getting in meanwhile).
+    for _ in range(5):
         r = login(client, password="wrong-password-123")
         assert r.status_code == 401 and "Wrong username or password" in r.text
-    fifth = login(client, password="wrong-password-123")
-    assert "locked" in fifth.text
-    # Even the right password is refused while locked.
-    locked = login(client)
-    assert locked.status_code == 423 and "locked" in locked.text
+    held = login(client)  # even the right password waits, from the address that kept failing
+    assert held.status_code == 429 and "Too many failed logins" in held.text and int(held.headers["retry-after"]) >= 1
     engine = make_engine(app_settings.effective_database_url)
     with Session(engine) as s:
-        assert s.exec(select(User).where(User.username == "dr.grey")).one().locked_until is not None
+        assert s.exec(select(User).where(User.username == "dr.grey")).one().locked_until is None
     engine.dispose()
     failures = [e for e in events(app_settings, "login") if e.outcome != "0"]
-    assert len(failures) == 6 and failures[-1].detail == "locked"
+    assert len(failures) == 6 and failures[-1].detail.startswith("refused: too many failures")
     assert login(client, username="nobody").status_code == 401
 
 

@@ -19,7 +19,10 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
+                # X-Forwarded-For/-Proto believed only from the configured proxies (uvicorn's default
+                # trusts any local peer); none configured: the headers are ignored.
+                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or "")
     return 0
 
 

@@ -20,6 +20,11 @@ from . import audit
 # SMART v1 system scopes: system/<ResourceType or *>.<read | write | *>
 _SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(read|write|\*)$")
 TOKEN_PREFIX = "cxr_"
+# The resource types the FHIR API serves (cxr_fhir.fhir.search_params.PARAMS, plus the types without
+# searches). Spelled out here because the security room may not import the fhir room; a unit test
+# (tests/integration/test_security_round_two.py) keeps the two in step.
+KNOWN_TYPES = frozenset({"AuditEvent", "Device", "DiagnosticReport", "ImagingStudy", "Media", "Observation",
+                         "Patient", "Provenance", "Binary", "OperationDefinition"})
 
 
 class ClientError(Invalid):
@@ -35,6 +40,10 @@ def validate_scopes(scopes: list[str]) -> list[str]:
     if bad or not scopes:
         raise ClientError(f"invalid scope(s) {bad or '(none)'}: use system/<Resource|*>.<read|write|*>",
                           where=["scopes"])
+    unknown = [s for s in scopes if (m := _SCOPE.fullmatch(s)) and m.group(1) != "*" and m.group(1) not in KNOWN_TYPES]
+    if unknown:
+        raise ClientError(f"unknown resource type in scope(s) {unknown}: use * or one of "
+                          f"{', '.join(sorted(KNOWN_TYPES))}", where=["scopes"])
     return sorted(set(scopes))
 
 

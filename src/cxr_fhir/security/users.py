@@ -39,7 +39,7 @@ def create_user(session: Session, username: str, password: str, role: str, displ
     if repo.by_username(username) is not None:
         raise UserError(f"user {username!r} already exists", where=["username"])
     try:
-        password_hash = hash_password(password)
+        password_hash = hash_password(password, username=username)
     except ValueError as exc:
         raise UserError(str(exc), where=["password"]) from exc
     user = repo.add(User(username=username, password_hash=password_hash, role=role, display_name=display_name))
@@ -61,12 +61,12 @@ def set_disabled(session: Session, username: str, disabled: bool, *, actor: str,
 
 def reset_password(session: Session, username: str, password: str, *, actor: str,
                    source_ip: str | None = None) -> User:
-    """A new password set by an admin; also lifts a lock-out."""
+    """A new password set by an admin (it also clears the legacy lock-out columns)."""
     user = UserRepository(session).by_username(username)
     if user is None:
         raise UserError(f"no user named {username!r}")
     try:
-        user.password_hash = hash_password(password)
+        user.password_hash = hash_password(password, username=user.username)
     except ValueError as exc:
         raise UserError(str(exc), where=["password"]) from exc
     user.failed_logins, user.locked_until = 0, None

@@ -50,7 +50,7 @@ def web_config(settings: Settings, api_errors: Callable[..., Any] | None = None)
                         AdminController, static],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.effective_secret_key, cookie_name="cxr_csrf",
-                               cookie_secure=settings.secure_cookies, cookie_samesite="lax",
+                               cookie_secure=settings.cookies_secure, cookie_samesite="lax",
                                header_name="x-csrftoken", exclude=NOT_WEB),
         middleware=[security_headers],
         exception_handlers=exception_handlers(api_errors),

@@ -52,7 +52,8 @@ def _row(request: Request, study_id: str, include_deleted: bool = True) -> Study
 
 
 def _png(data: bytes) -> Response:
-    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    # Patient images: never kept by the browser either (shared ward workstations), like the pages.
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 class StudyController(Controller):

@@ -23,6 +23,10 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-st
 
 
 def base_url(request: Request) -> str:
+    """The FHIR base for fullUrl and links: the configured public URL, else (no proxy) the request's own."""
+    public = services_of(request).settings.public_base_url
+    if public:
+        return public.rstrip("/") + "/fhir"
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
@@ -58,7 +62,12 @@ def json_body(request: Request, data: bytes) -> Any:
         raise errors.FhirError(415, f"Content-Type {ctype or '(none)'!r} is not supported; send "
                                     "application/fhir+json", "not-supported")
     try:
-        body = json.loads(data)
+        body = json.loads(data, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        # {"resourceType": "Observation", "resourceType": "Patient"}: parsers disagree on which one
+        # counts (Python keeps the last), so what was checked need not be what is stored.
+        raise errors.bad_request(f"the body holds the key {exc.key!r} more than once in one JSON object; "
+                                 "each property may appear once") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -66,6 +75,22 @@ def json_body(request: Request, data: bytes) -> Any:
     if body is None and data.strip() != b"null" or _too_deep(body):
         raise errors.bad_request(f"the body nests deeper than {MAX_DEPTH} levels") from None
     return body
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One JSON object, refused when it names a key twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 MAX_DEPTH = 64  # a Bundle of resources with extensions needs a fraction of this
@@ -139,4 +164,4 @@ def wants_raw(request: Request, content_type: str) -> bool:
 
 def raw_response(data: bytes, content_type: str) -> Response:
     return Response(content=data, status_code=200, media_type=content_type,
-                    headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"})
+                    headers=SECURITY_HEADERS)  # Cache-Control: no-store, like every FHIR answer
