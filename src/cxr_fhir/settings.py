@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(default=None, description="The URL clients reach us at (behind a proxy), "
                                                                "e.g. https://cxr.example.org; used for FHIR fullUrl "
                                                                "and paging links instead of the Host header")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="A request's headers must arrive within this "
+                                                                 "(slow clients are answered 408 and closed)")
     trusted_proxies: str = Field(default="", description="Comma-separated addresses of the reverse proxies whose "
                                                          "X-Forwarded-For / -Proto are believed; empty: none")
     hospital_mrn_system: str = "urn:oid:2.16.840.1.113883.3.9999.1"

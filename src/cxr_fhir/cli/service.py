@@ -14,6 +14,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from ..app import create_app
     from ..logs import configure_logging
+    from .protocol import with_header_timeout
 
     configure_logging(settings.log_level)
 
@@ -22,7 +23,9 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
                 # X-Forwarded-For/-Proto believed only from the configured proxies (uvicorn's default
                 # trusts any local peer); none configured: the headers are ignored.
-                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or "")
+                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies or "",
+                # Request headers have a deadline (slowloris); idle kept-alive connections close after 5 s.
+                http=with_header_timeout(settings.header_timeout_s), timeout_keep_alive=5)
     return 0
 
 
