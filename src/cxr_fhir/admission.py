@@ -124,110 +124,111 @@ class Admission:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
-        path: str = scope.get("path", "")
-        method: str = scope.get("method", "GET")
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        declared_raw = headers.get(b"content-length", b"").strip()
-        declared = int(declared_raw) if declared_raw.isdigit() else None
-        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        has_body = method in BODY_METHODS or chunked or bool(declared)
-        started = False  # a response has begun (by the app or by us)
-        answered = False  # we answered: whatever the app still sends is dropped
-        close = False  # the body was not read to its end: the connection cannot be reused
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if answered:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-                out = add_security_headers(path, list(message.get("headers", [])))
-                if close:
-                    out = [h for h in out if h[0].lower() != b"connection"] + [(b"connection", b"close")]
-                message["headers"] = out
-            await send(message)
-
-        if not has_body:
-            await self.app(scope, receive, send_wrapper)
+        exchange = _Exchange(scope, receive, send, self.body_timeout_s)
+        if not exchange.has_body:
+            await self.app(scope, receive, exchange.send)
             return
-
-        limit = self.limit_for(method, path)
-
-        async def refuse(status: int, text: str) -> None:
-            nonlocal answered, close
-            if started:
-                return  # the app has begun to answer: it can only be cut short
-            close = True
-            if is_fhir(path):
-                code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
-                body = json.dumps(FhirError(status, text, code).outcome()).encode()
-                ctype = FHIR_JSON.encode()
-            else:
-                body = (f'<!doctype html><title>Error {status}</title><p class="error">{html.escape(text)}</p>'
-                        ).encode()
-                ctype = b"text/html; charset=utf-8"
-            await send_wrapper({"type": "http.response.start", "status": status,
-                                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
-            await send_wrapper({"type": "http.response.body", "body": body, "more_body": False})
-            answered = True
-
-        if not await self.authenticated(scope, path):
+        if not await self.authenticated(scope, exchange.path):
             # The app answers as ever (401 and its audit, CSRF 403, the login redirect), from an
             # empty body: nothing the client sends is read.
-            close = True
-            given = False
-
-            async def nothing() -> Any:
-                nonlocal given
-                if given:
-                    return {"type": "http.disconnect"}
-                given = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            await self.app(scope, nothing, send_wrapper)
+            exchange.close = True
+            await self.app(scope, exchange.nothing, exchange.send)
             return
-
-        too_large = f"the request body is larger than {limit} bytes, the most this address accepts"
-        if declared is not None and declared > limit:
-            await refuse(413, too_large)
+        exchange.limit = self.limit_for(exchange.method, exchange.path)
+        if exchange.declared is not None and exchange.declared > exchange.limit:
+            await exchange.refuse(413, exchange.too_large())
             return
-
-        seen = 0
-        complete = False
-
-        async def counted() -> Any:
-            nonlocal seen, complete
-            if complete:
-                return await receive()
-            message: Any = None
-            with anyio.move_on_after(self.body_timeout_s):
-                message = await receive()
-            if message is None:
-                log.info("request body timed out", extra={"path": path, "method": method, "bytes": seen,
-                                                          "timeout_s": self.body_timeout_s})
-                await refuse(408, f"no part of the request body arrived for {self.body_timeout_s:g} s")
-                raise _Stop
-            if message["type"] == "http.disconnect":
-                log.info("client disconnected before the end of its request body",
-                         extra={"path": path, "method": method, "bytes": seen})
-                scope["state"][GONE_KEY] = True
-                raise _Stop
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                log.info("request body over the limit", extra={"path": path, "method": method, "limit": limit})
-                await refuse(413, too_large)
-                raise _Stop
-            complete = not message.get("more_body", False)
-            return message
-
         try:
-            await self.app(scope, counted, send_wrapper)
+            await self.app(scope, exchange.counted, exchange.send)
         except _Stop:
             return
         except BaseExceptionGroup as group:  # raised inside a task group on the way
             _, rest = group.split(_Stop)
             if rest is not None:
                 raise rest from None
+
+
+class _Exchange:
+    """One request with a body on its way through: what was declared, what has arrived, and
+    whether the middleware has answered it (then whatever the app still sends is dropped)."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, body_timeout_s: float):
+        self.scope, self.receive, self.downstream, self.body_timeout_s = scope, receive, send, body_timeout_s
+        self.path = str(scope.get("path", ""))
+        self.method = str(scope.get("method", "GET"))
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        declared_raw = headers.get(b"content-length", b"").strip()
+        self.declared = int(declared_raw) if declared_raw.isdigit() else None
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        self.has_body = self.method in BODY_METHODS or chunked or bool(self.declared)
+        self.limit = 0
+        self.seen = 0
+        self.complete = False  # the whole body has arrived
+        self.started = False  # a response has begun (by the app or by us)
+        self.answered = False  # we answered: whatever the app still sends is dropped
+        self.close = False  # the body was not read to its end: the connection cannot be reused
+        self.gave_nothing = False
+
+    def too_large(self) -> str:
+        return f"the request body is larger than {self.limit} bytes, the most this address accepts"
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+            out = add_security_headers(self.path, list(message.get("headers", [])))
+            if self.close:
+                out = [h for h in out if h[0].lower() != b"connection"] + [(b"connection", b"close")]
+            message["headers"] = out
+        await self.downstream(message)
+
+    async def refuse(self, status: int, text: str) -> None:
+        if self.started:
+            return  # the app has begun to answer: it can only be cut short
+        self.close = True
+        if is_fhir(self.path):
+            code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
+            body = json.dumps(FhirError(status, text, code).outcome()).encode()
+            ctype = FHIR_JSON.encode()
+        else:
+            body = f'<!doctype html><title>Error {status}</title><p class="error">{html.escape(text)}</p>'.encode()
+            ctype = b"text/html; charset=utf-8"
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        self.answered = True
+
+    async def nothing(self) -> Any:
+        """The receive of an unauthenticated request: an empty body, then the client is gone."""
+        if self.gave_nothing:
+            return {"type": "http.disconnect"}
+        self.gave_nothing = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def counted(self) -> Any:
+        """The receive of an admitted request: each part counted against the limit and the clock."""
+        if self.complete:
+            return await self.receive()
+        message: Any = None
+        with anyio.move_on_after(self.body_timeout_s):
+            message = await self.receive()
+        where = {"path": self.path, "method": self.method, "bytes": self.seen}
+        if message is None:
+            log.info("request body timed out", extra={**where, "timeout_s": self.body_timeout_s})
+            await self.refuse(408, f"no part of the request body arrived for {self.body_timeout_s:g} s")
+            raise _Stop
+        if message["type"] == "http.disconnect":
+            log.info("client disconnected before the end of its request body", extra=where)
+            self.scope["state"][GONE_KEY] = True
+            raise _Stop
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.limit:
+            log.info("request body over the limit", extra={**where, "limit": self.limit})
+            await self.refuse(413, self.too_large())
+            raise _Stop
+        self.complete = not message.get("more_body", False)
+        return message
 
 
 def admission(engine: Engine, max_upload_bytes: int, body_timeout_s: float = BODY_TIMEOUT_S
