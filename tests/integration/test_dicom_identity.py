@@ -97,3 +97,32 @@ def test_a_differing_name_is_filed_under_the_patient_id_and_flagged(env):
     (None, "Doe", "Jane", False), ("^", "Doe", "Jane", False)])
 def test_name_comparison(header, family, given, flagged):
     assert (name_mismatch(header, family, given) is not None) is flagged
+
+
+def test_uid_ownership_is_checked_on_both_databases(engine, tmp_path):
+    """The UID check itself, on SQLite and PostgreSQL: another patient's study, series or instance
+    UID is refused; the same patient's, or a deleted study's, is not."""
+    from cxr_fhir.imaging import ImageRejected
+    from cxr_fhir.services.analysis import _check_uids_belong_to
+    from cxr_fhir.storage.image_store import ImageStore
+    from cxr_fhir.storage.repositories import StudyRepository
+    from cxr_fhir.storage.tables import Study
+    from support.reports import make_report
+
+    made = make_report(engine, ImageStore(tmp_path / "images"))
+    other = make_report(engine, ImageStore(tmp_path / "images"))
+    with writing(engine) as s:
+        study = s.get(Study, made.study_id)
+        owner, stranger = study.patient_id, s.get(Study, other.study_id).patient_id
+        uids = {"study_uid": study.study_uid, "series_uid": study.series_uid,
+                "sop_instance_uid": study.sop_instance_uid}
+    for key, label in (("study_uid", "StudyInstanceUID"), ("series_uid", "SeriesInstanceUID"),
+                       ("sop_instance_uid", "SOPInstanceUID")):
+        with writing(engine) as s, pytest.raises(ImageRejected, match=label) as refused:
+            _check_uids_belong_to(s, stranger, {key: uids[key]})
+        assert refused.value.code == "uid-conflict"
+    with writing(engine) as s:
+        _check_uids_belong_to(s, owner, uids)  # its own patient: fine
+        StudyRepository(s).soft_delete(made.study_id, actor="t")
+    with writing(engine) as s:
+        _check_uids_belong_to(s, stranger, uids)  # a deleted study holds its UIDs no more
