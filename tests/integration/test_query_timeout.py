@@ -28,6 +28,14 @@ def test_a_read_past_its_time_limit_is_stopped_and_refused(engine):
         assert s.execute(text("SELECT 2")).scalar_one() == 2
 
 
+def test_the_limit_is_per_query_not_per_unit(engine):
+    """Time spent between queries (Python work) does not count against the next query."""
+    with reading(engine, timeout_s=0.3) as s:
+        assert s.execute(text("SELECT 1")).scalar_one() == 1
+        time.sleep(0.5)
+        assert s.execute(text("SELECT 2")).scalar_one() == 2
+
+
 def test_a_quick_read_is_untouched(engine):
     with reading(engine, timeout_s=5) as s:
         assert s.execute(text("SELECT 40 + 2")).scalar_one() == 42

@@ -66,7 +66,7 @@ def writing(engine: Engine) -> Iterator[Session]:
             raise
 
 
-# Every read unit is given this long; a query past it is stopped and answered as too costly, so one
+# Each query of a read unit is given this long; past it the query is stopped and answered as too costly, so one
 # request cannot hold a connection (or, on SQLite, a reader slot the checkpointer waits on) for long.
 QUERY_TIMEOUT_S = 5.0
 
@@ -75,18 +75,25 @@ QUERY_TIMEOUT_S = 5.0
 def reading(engine: Engine, timeout_s: float | None = QUERY_TIMEOUT_S) -> Iterator[Session]:
     """The unit of work that only reads: a deferred transaction (in WAL it never waits for a
     writer and never blocks one). It never commits: closing it ends the transaction, so nothing
-    can be written through it, and what it loaded stays readable afterwards. Its queries together
-    may take ``timeout_s``; past it they are interrupted and ``TooCostly`` is raised."""
+    can be written through it, and what it loaded stays readable afterwards. Its queries
+    may each take ``timeout_s``; past it one is interrupted and ``TooCostly`` is raised."""
     with Session(engine, expire_on_commit=False) as session:
         if timeout_s is None:
             yield session
             return
-        driver = session.connection().connection.driver_connection
+        connection = session.connection()
+        driver = connection.connection.driver_connection
         assert driver is not None  # a live pooled connection always has its driver connection
-        deadline = time.monotonic() + timeout_s
-        if engine.dialect.name == "sqlite":
+        sqlite = engine.dialect.name == "sqlite"
+        deadline = [0.0]
+
+        def arm(*_: object) -> None:  # each statement gets the whole limit, as statement_timeout does
+            deadline[0] = time.monotonic() + timeout_s
+
+        if sqlite:
+            event.listen(connection, "before_cursor_execute", arm)
             # Called every 10,000 SQLite VM steps; a true answer interrupts the running statement.
-            driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+            driver.set_progress_handler(lambda: time.monotonic() > deadline[0], 10_000)
         else:
             session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"))
         try:
@@ -96,7 +103,8 @@ def reading(engine: Engine, timeout_s: float | None = QUERY_TIMEOUT_S) -> Iterat
                 raise TooCostly(f"the query took longer than {timeout_s:g} s; narrow the search") from None
             raise
         finally:
-            if engine.dialect.name == "sqlite":
+            if sqlite:
+                event.remove(connection, "before_cursor_execute", arm)
                 driver.set_progress_handler(None, 0)
 
 
