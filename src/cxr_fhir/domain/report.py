@@ -9,6 +9,9 @@ from .analysis import Finding
 from .findings import BY_NAME
 
 DISCLAIMER = "AI-generated preliminary result, not reviewed by a radiologist."
+UNUSUAL_FILM = ("Unusual film, read with care: this image is atypical for a chest radiograph "
+                "(e.g. portable film with lines and tubes, wide borders, unusual exposure); "
+                "the AI result is less reliable.")
 
 
 def _scored(item: Finding | Mapping[str, Any]) -> tuple[str, float, bool]:
@@ -18,7 +21,8 @@ def _scored(item: Finding | Mapping[str, Any]) -> tuple[str, float, bool]:
     return str(item["finding"]), float(item["probability"]), bool(item["present"])
 
 
-def conclusion(top3: Sequence[Finding | Mapping[str, Any]], priority: str, reasons: Sequence[str]) -> str:
+def conclusion(top3: Sequence[Finding | Mapping[str, Any]], priority: str, reasons: Sequence[str],
+               unusual_film: bool = False) -> str:
     scored = [_scored(t) for t in top3]
     present = [(name, p) for name, p, is_present in scored if is_present]
     if present:
@@ -29,4 +33,5 @@ def conclusion(top3: Sequence[Finding | Mapping[str, Any]], priority: str, reaso
         head = (f"No finding reaches its operating threshold; most likely "
                 f"{BY_NAME[name].display.lower()} ({p:.0%}).")
     why = f" ({', '.join(reasons)})" if reasons else ""
-    return f"{head} Triage priority: {priority.upper()}{why}. {DISCLAIMER}"
+    caution = f"{UNUSUAL_FILM} " if unusual_film else ""
+    return f"{caution}{head} Triage priority: {priority.upper()}{why}. {DISCLAIMER}"

@@ -18,6 +18,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from ..domain.findings import BY_NAME, LOCAL_SYSTEM, SNOMED
+from ..domain.report import UNUSUAL_FILM
 from ..storage.tables import Analysis, AuditEvent, Patient, Report, Study
 
 DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -39,6 +40,10 @@ MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 PROVENANCE_ROLE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 US_CORE_DR_NOTE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-diagnosticreport-note"
 EHR_DELIVERY_STATUS_URL = "urn:cxr-fhir:ehr-delivery-status"
+INTERPRETATION_SYSTEM = "urn:cxr-fhir:interpretation"
+UNUSUAL_FILM_INTERPRETATION = {"coding": [{"system": INTERPRETATION_SYSTEM, "code": "unusual-film",
+                                           "display": "Unusual film, read with care"}],
+                               "text": "Unusual film, read with care"}
 # The outbox status of a report's newest delivery -> the valueCode of that extension.
 FHIR_CODE = {"pending": "pending", "delivered": "delivered", "dead": "failed"}
 
@@ -146,6 +151,9 @@ def model_of(analysis: Analysis) -> dict[str, Any]:
 def observations(analysis: Analysis, study: Study, report: Report) -> list[Observation]:
     """One Observation per finding of the top three."""
     out: list[Observation] = []
+    # The plausibility gate's flag: an atypical film, analysed but to be read with care.
+    caution: dict[str, Any] = {"interpretation": [UNUSUAL_FILM_INTERPRETATION],
+                               "note": [{"text": UNUSUAL_FILM}]} if analysis.unusual_film else {}
     for rank, item in enumerate(analysis.top3, start=1):
         name = item["finding"]
         components: list[dict[str, Any]] = [
@@ -176,6 +184,7 @@ def observations(analysis: Analysis, study: Study, report: Report) -> list[Obser
             "partOf": [{"reference": f"ImagingStudy/{study.id}"}],
             "derivedFrom": [{"reference": f"ImagingStudy/{study.id}"}],
             "device": {"reference": f"Device/{device_id(analysis.manifest_sha256)}"},
+            **caution,
         }))
     return out
 

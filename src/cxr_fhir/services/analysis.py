@@ -35,6 +35,7 @@ from .queue import InferenceQueue
 from .reports import enqueue_delivery
 
 if TYPE_CHECKING:  # the models load only where they run, not wherever this module is imported
+    from ..imaging.plausibility import GateVerdict
     from ..inference.pipeline import AnalysisResult, Pipeline
 
 log = logging.getLogger("cxr_fhir.analysis")
@@ -50,6 +51,9 @@ class Assessment:
     priority_reasons: list[str]
     # The pipeline's stage timings plus triage_ms; total_ms covers the pipeline and the triage.
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The plausibility gate: an atypical film is analysed but flagged "unusual film, read with care".
+    unusual_film: bool = False
+    plausibility: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The plain-data view: what `cxr-fhir analyze --json` prints (and the shapes storage keeps)."""
@@ -57,11 +61,12 @@ class Assessment:
         return {"probabilities": r.probabilities, "thresholds": r.thresholds,
                 "top3": [f.as_dict() for f in r.top3], "boxes": [b.as_dict() for b in r.boxes],
                 "priority": self.priority, "priority_reasons": self.priority_reasons,
+                "unusual_film": self.unusual_film, "plausibility": self.plausibility,
                 "model": r.model.as_dict(), "timings_ms": self.timings_ms}
 
 
 def prioritise(result: AnalysisResult, thresholds: Mapping[str, float], image: XRayImage,
-               rules: Mapping[str, Any] | None = None) -> Assessment:
+               rules: Mapping[str, Any] | None = None, verdict: GateVerdict | None = None) -> Assessment:
     """Apply the triage rules to a pipeline result. ``thresholds`` are the classifier's own
     (unrounded) operating thresholds, as the triage has always compared against them."""
     start = time.perf_counter()
@@ -73,14 +78,18 @@ def prioritise(result: AnalysisResult, thresholds: Mapping[str, float], image: X
     if "total_ms" in timings:
         timings["total_ms"] = round(timings["total_ms"] + triage_ms, 1)
     return Assessment(result=result, priority=decided.priority, priority_reasons=list(decided.reasons),
-                      timings_ms=timings)
+                      timings_ms=timings, unusual_film=bool(verdict and verdict.unusual),
+                      plausibility=verdict.score if verdict else None)
 
 
 def assess(pipeline: Pipeline, image: XRayImage, *, check_plausible: bool = True, render_overlays: bool = True,
-           rules: Mapping[str, Any] | None = None) -> Assessment:
-    """Run the models on one image, then the triage. Raises ImageRejected (plausibility gate)."""
-    result = pipeline.run(image, check_plausible=check_plausible, render_overlays=render_overlays)
-    return prioritise(result, pipeline.thresholds, image, rules)
+           rules: Mapping[str, Any] | None = None, verdict: GateVerdict | None = None) -> Assessment:
+    """Run the models on one image, then the triage. Raises ImageRejected (plausibility gate).
+    ``verdict``: the gate's, when the caller has already checked the image."""
+    if check_plausible and verdict is None:
+        verdict = pipeline.check_plausible(image)
+    result = pipeline.run(image, check_plausible=False, render_overlays=render_overlays)
+    return prioritise(result, pipeline.thresholds, image, rules, verdict)
 
 
 @dataclass
@@ -110,10 +119,10 @@ class AnalysisService:
         decoded once, here."""
         image = load(data, self.max_image_pixels)
         with self.queue.admitted():
-            self.pipeline.check_plausible(image)
+            verdict = self.pipeline.check_plausible(image)
             study = self._store(patient_id, image, data, filename, actor)
             try:
-                return self._analyse(study, image)
+                return self._analyse(study, image, verdict)
             except Exception as exc:  # one image's failure must not take the service down
                 log.exception("analysis failed", extra={"study": study.id})
                 return Uploaded(self._mark_failed(study, f"analysis failed: {type(exc).__name__}"), None, None)
@@ -132,8 +141,8 @@ class AnalysisService:
             log.warning("interrupted analyses marked failed", extra={"count": len(stuck)})
         return len(stuck)
 
-    def _analyse(self, study: Study, image: XRayImage) -> Uploaded:
-        assessed = assess(self.pipeline, image, check_plausible=False, rules=self.rules)
+    def _analyse(self, study: Study, image: XRayImage, verdict: GateVerdict | None = None) -> Uploaded:
+        assessed = assess(self.pipeline, image, check_plausible=False, rules=self.rules, verdict=verdict)
         result = assessed.result
         try:
             overlays = {k: self.images.put(png) for k, png in result.overlays.items()}
@@ -145,12 +154,14 @@ class AnalysisService:
                                 probabilities=result.probabilities, top3=[f.as_dict() for f in result.top3],
                                 boxes=[b.as_dict() for b in result.boxes],
                                 priority=assessed.priority, priority_reasons=assessed.priority_reasons,
-                                thresholds=result.thresholds, overlays=overlays, timings_ms=assessed.timings_ms)
+                                thresholds=result.thresholds, overlays=overlays, timings_ms=assessed.timings_ms,
+                                unusual_film=assessed.unusual_film, plausibility=assessed.plausibility)
             s.add(analysis)
             s.flush()
             report = ReportRepository(s).create(
                 Report(study_id=study.id, analysis_id=analysis.id,
-                       conclusion=conclusion(result.top3, assessed.priority, assessed.priority_reasons)),
+                       conclusion=conclusion(result.top3, assessed.priority, assessed.priority_reasons,
+                                             unusual_film=assessed.unusual_film)),
                 actor="system")
             if self.push_enabled:
                 enqueue_delivery(s, report)

@@ -101,6 +101,9 @@ class Analysis(SQLModel, table=True):
     overlays: dict = Field(default_factory=dict, sa_type=JSON, nullable=False,
                            description="finding -> SHA-256 of its heatmap overlay PNG in the image store")
     timings_ms: dict = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    unusual_film: bool = Field(default=False, description="the plausibility gate found the film atypical: "
+                                                          "analysed, but to be read with care")
+    plausibility: float | None = Field(default=None, description="the gate's score (higher: more typical)")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
