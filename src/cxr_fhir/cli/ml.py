@@ -29,9 +29,19 @@ def _cmd_train_gate(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.gate import fit_gate
 
     samples, _ = _read_samples(args.nih, args.kermany, args.labels)
+    measure = []
+    for spec in args.measure:  # FOLDER or FOLDER:MIN_SIDE (the 64 px NIH set needs :32)
+        folder, _, side = spec.rpartition(":") if spec.rpartition(":")[2].isdecimal() else (spec, "", "")
+        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"})
+        measure.append((folder, files, int(side) if side else 128))
     section = fit_gate(samples, Path(args.weights_dir or settings.weights_dir), " ".join(["cxr-fhir"] + sys.argv[1:]),
-                       prototypes=args.prototypes)
-    print(f"gate: {section['validation']}, threshold {section['min_similarity']}")
+                       prototypes=args.prototypes, unusual_percentile=args.unusual_percentile, measure=measure)
+    v = section["validation"]
+    print(f"gate: refuse below {section['refuse_below']}, unusual below {section['unusual_below']}; "
+          f"real films refused {v['real_refused']} of {v['real_films']}, flagged unusual {v['real_flagged_unusual']}; "
+          f"negatives refused {v['negatives_refused']} of {v['negatives']} "
+          f"(loader {v['negatives_refused_by_loader']}, gate {v['negatives_refused_by_gate']} of "
+          f"{v['negatives_to_gate']})")
     return 0
 
 
@@ -84,6 +94,8 @@ def _cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"file": name, **analysis.as_json()}), flush=True)
         else:
             print(_describe(name, analysis), flush=True)
+            if analysis.unusual_film:
+                print("  unusual film, read with care (atypical for a chest radiograph)", flush=True)
     return 1 if failed else 0
 
 
@@ -137,42 +149,22 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     import json
-    import statistics
-    import time
 
-    from ..imaging import load
-    from ..inference.pipeline import Pipeline
-    from ..services.analysis import assess
+    from .models import bench_table, run_bench
 
     files = [Path(f) for f in args.files]
     if not files:
         print("error: give image files to benchmark (e.g. ../shared/data/nih/originals/*.png)", file=sys.stderr)
         return 2
-    pipeline = Pipeline(settings.weights_dir, settings.runtime_dir, args.threads)
-    blobs = [(f.name, f.read_bytes()) for f in files]
-    stages: dict[str, list[float]] = {"decode_ms": [], "classify_ms": [], "detect_ms": [], "heatmap_ms": [],
-                                      "end_to_end_ms": []}
-    for _ in range(args.repeat):
-        for _name, data in blobs:
-            start = time.perf_counter()
-            image = load(data, settings.max_image_pixels)
-            decoded = time.perf_counter()
-            analysis = assess(pipeline, image, render_overlays=True)
-            stages["end_to_end_ms"].append((time.perf_counter() - start) * 1000)
-            stages["decode_ms"].append((decoded - start) * 1000)
-            for key in ("classify_ms", "detect_ms", "heatmap_ms"):
-                stages[key].append(analysis.timings_ms[key])
-
-    def pct(values: list[float], q: float) -> float:
-        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 1)
-
-    summary = {"runs": len(stages["end_to_end_ms"]), "threads": args.threads,
-               "images": [f"{n} ({len(d)} bytes)" for n, d in blobs],
-               **{k: {"median": round(statistics.median(v), 1), "p90": pct(v, 0.9)} for k, v in stages.items()}}
-    print(json.dumps(summary, indent=1))
+    report = run_bench(files, settings, args.threads, args.repeat, overlays=args.overlays)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    # A table on a terminal; the JSON report when piped (as the command always printed).
+    print(bench_table(report) + (f"\nJSON: {args.json}" if args.json else "") if sys.stdout.isatty()
+          else json.dumps(report, indent=1))
     return 0
-
-
 
 
 def register(sub: Any) -> None:
@@ -183,10 +175,12 @@ def register(sub: Any) -> None:
     analyze.add_argument("--overlays", metavar="DIR", help="write the heatmap overlay PNGs here")
     analyze.set_defaults(func=_cmd_analyze)
 
-    bench = sub.add_parser("bench", help="latency of decode + classify + detect + heatmap on the CPU")
+    bench = sub.add_parser("bench", help="per-stage latency, torch vs onnxruntime, in one run on this CPU")
     bench.add_argument("files", nargs="*")
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--json", metavar="OUT", help="also write the figures (and the machine) as JSON here")
+    bench.add_argument("--overlays", action="store_true", help="include rendering the three overlay PNGs")
     bench.set_defaults(func=_cmd_bench)
 
     _register_training(sub)
@@ -230,6 +224,10 @@ def _register_training(sub: Any) -> None:
     gate.add_argument("--kermany", nargs="*", default=[], help="folder-per-class roots")
     gate.add_argument("--labels", help="the NIH Data_Entry_2017 table, when not beside the images")
     gate.add_argument("--prototypes", type=int, default=16)
+    gate.add_argument("--unusual-percentile", type=float, default=1.0,
+                      help="films below this percentile of the training/validation films are flagged unusual")
+    gate.add_argument("--measure", nargs="*", default=[], metavar="FOLDER[:MIN_SIDE]",
+                      help="folders of real films to count false refusals and flags on (e.g. nih64/images:32)")
     gate.add_argument("--weights-dir", help="where to write (default CXR_WEIGHTS_DIR)")
     gate.set_defaults(func=_cmd_train_gate)
 

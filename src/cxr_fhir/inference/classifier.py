@@ -23,8 +23,10 @@ class ClassifierOutput:
     ranked: list[str]                   # the findings, most likely first (ties by catalogue order)
 
 
-class Classifier:
-    def __init__(self, weights_dir: Path, entry: dict[str, Any]):
+class ClassifierBase:
+    """What every runtime of the classifier shares: the manifest entry, calibration and ranking."""
+
+    def __init__(self, entry: dict[str, Any]):
         self.outputs: list[str] = entry["outputs"]
         self.size = int(entry["input_size"])
         self.mean = float(entry["normalisation"]["mean"])
@@ -32,8 +34,41 @@ class Classifier:
         self.platt = entry["calibration"]["params"]
         self.mix: dict[str, list[str]] = entry.get("mix", {})
         self.thresholds: dict[str, float] = entry["thresholds"]
+
+    def input_array(self, pixels: np.ndarray) -> np.ndarray:
+        """(1, 1, size, size) float32, normalised as in training."""
+        return normalise(resize_square(pixels, self.size), self.mean, self.std)[None, None]
+
+    def _calibrated(self, mean_logits: np.ndarray) -> tuple[np.ndarray, dict[str, float], list[str]]:
+        """Calibrated outputs (1, n_outputs), the 14 reported probabilities, and the findings ranked."""
+        probs = calibrate(mean_logits[None], self.platt)
+        reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}
+        ranked = sorted(reported, key=lambda k: reported[k], reverse=True)
+        return probs, reported, ranked
+
+    def predict(self, pixels: np.ndarray, cam_for: int = 3) -> ClassifierOutput:
+        """Probabilities for all 14, and heatmaps for the ``cam_for`` most likely findings."""
+        raise NotImplementedError
+
+    def _cam_output(self, name: str, probs: np.ndarray) -> int:
+        """The output behind a finding; for a mixed finding, the one its gate favours."""
+        if name in self.mix:
+            gate, specialist = self.mix[name]
+            if probs[self.outputs.index(gate)] >= 0.5:
+                return self.outputs.index(specialist)
+        return self.outputs.index(name)
+
+
+class Classifier(ClassifierBase):
+    """The reference runtime: the timm models in torch, Grad-CAM by autograd."""
+
+    runtime = "torch"
+
+    def __init__(self, weights_dir: Path, entry: dict[str, Any], precision: str | None = None):
+        super().__init__(entry)
         # The calibration was fitted on logits computed under the same precision: keep them equal.
-        self.bf16 = entry.get("precision", "float32") == "bfloat16"
+        # (``precision="float32"`` overrides it, for the parity checks of the exported runtimes.)
+        self.bf16 = (precision or entry.get("precision", "float32")) == "bfloat16"
         # timm models: forward_features/forward_head are not part of nn.Module's (typed) interface.
         self.members: list[Any] = []
         for file_entry in entry["files"]:
@@ -49,7 +84,7 @@ class Classifier:
             self.members.append(model.eval().to(memory_format=torch.channels_last))
 
     def input_tensor(self, pixels: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(normalise(resize_square(pixels, self.size), self.mean, self.std))[None, None]
+        return torch.from_numpy(self.input_array(pixels))
 
     def predict(self, pixels: np.ndarray, cam_for: int = 3) -> ClassifierOutput:
         """Probabilities for all 14, and Grad-CAMs for the ``cam_for`` most likely findings.
@@ -68,9 +103,7 @@ class Classifier:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 logits.append(m.forward_head(f).float())
         mean_logits = torch.stack(logits).mean(0)[0]
-        probs = calibrate(mean_logits.detach().numpy()[None], self.platt)
-        reported = {k: float(v[0]) for k, v in report_probabilities(probs, self.outputs, self.mix).items()}
-        ranked = sorted(reported, key=lambda k: reported[k], reverse=True)
+        probs, reported, ranked = self._calibrated(mean_logits.detach().numpy())
         cams: dict[str, np.ndarray] = {}
         for name in ranked[:cam_for]:
             out = self._cam_output(name, probs[0])
@@ -86,10 +119,3 @@ class Classifier:
         return ClassifierOutput(probabilities=reported, cams=cams, ranked=ranked,
                                 outputs={k: float(v) for k, v in zip(self.outputs, probs[0], strict=True)})
 
-    def _cam_output(self, name: str, probs: np.ndarray) -> int:
-        """The output behind a finding; for a mixed finding, the one its gate favours."""
-        if name in self.mix:
-            gate, specialist = self.mix[name]
-            if probs[self.outputs.index(gate)] >= 0.5:
-                return self.outputs.index(specialist)
-        return self.outputs.index(name)

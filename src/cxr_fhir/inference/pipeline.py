@@ -18,10 +18,11 @@ import torch
 from ..domain.analysis import Box, Finding, ModelInfo
 from ..imaging import XRayImage
 from ..imaging.display import display_base
-from ..imaging.plausibility import check_chest_radiograph
-from .classifier import Classifier
+from ..imaging.plausibility import GateModel, GateVerdict, check_chest_radiograph
+from .classifier import Classifier, ClassifierBase
 from .detector import Detector
 from .heatmap import boxes_from_cam, overlay_png
+from .onnx_runtime import RUNTIME, OnnxClassifier, OnnxDetector, choose
 from .registry import ModelRegistryError, manifest_sha256, read_manifest
 
 
@@ -37,6 +38,7 @@ class AnalysisResult:
     heatmaps: dict[str, np.ndarray] = field(repr=False)      # top-3 finding -> Grad-CAM in [0, 1]
     overlays: dict[str, bytes] = field(default_factory=dict, repr=False)  # top-3 finding -> PNG
     timings_ms: dict[str, float] = field(default_factory=dict)  # classify_ms, detect_ms, heatmap_ms, total_ms
+    runtime: str = "torch"       # what ran the models: torch (the reference), onnxruntime, or mixed
 
     def as_json(self) -> dict[str, Any]:
         """The plain-data view (the dict shapes storage keeps), without heatmaps and overlays."""
@@ -46,15 +48,28 @@ class AnalysisResult:
 
 
 class Pipeline:
-    def __init__(self, weights_dir: Path, runtime_dir: Path, threads: int = 2):
+    """``runtime``: "auto" runs each model on onnxruntime when the manifest has its exported graphs
+    (``cxr-fhir models export --runtime onnxruntime``), else on torch; "torch" forces the reference;
+    "onnxruntime" refuses to load without the graphs."""
+
+    def __init__(self, weights_dir: Path, runtime_dir: Path, threads: int = 2, runtime: str = "auto"):
         manifest = read_manifest(weights_dir)
         gate = manifest.get("gate")
         if gate is None:  # checked before the slow model loading
             raise ModelRegistryError("the model manifest has no 'gate' entry: run 'cxr-fhir train gate'")
-        self.prototypes = np.asarray(gate["prototypes"], dtype=np.float32)
-        self.min_similarity = float(gate["min_similarity"])
-        self.classifier = Classifier(weights_dir, manifest["classifier"])
-        self.detector = Detector(weights_dir, manifest["detector"], runtime_dir) if "detector" in manifest else None
+        self.gate = GateModel.from_manifest(gate)
+        self.runtimes = {"classifier": choose(manifest["classifier"], runtime, "classifier")}
+        self.classifier: ClassifierBase = (
+            OnnxClassifier(weights_dir, manifest["classifier"], threads) if self.runtimes["classifier"] == RUNTIME
+            else Classifier(weights_dir, manifest["classifier"]))
+        self.detector: Detector | OnnxDetector | None = None
+        if "detector" in manifest:
+            self.runtimes["detector"] = choose(manifest["detector"], runtime, "detector")
+            self.detector = (OnnxDetector(weights_dir, manifest["detector"], threads)
+                             if self.runtimes["detector"] == RUNTIME
+                             else Detector(weights_dir, manifest["detector"], runtime_dir))
+        used = set(self.runtimes.values())
+        self.runtime = used.pop() if len(used) == 1 else "mixed"
         self.threads = threads
         self.model_info = ModelInfo(
             name=str(manifest["classifier"]["name"]), version=str(manifest["classifier"]["version"]),
@@ -79,9 +94,20 @@ class Pipeline:
                          media_type="image/png", bits=8)
         self.run(fake, check_plausible=False, render_overlays=True)
 
-    def check_plausible(self, image: XRayImage) -> None:
-        """Raise ImageRejected when the image is not plausibly a chest radiograph."""
-        check_chest_radiograph(image.pixels, self.prototypes, self.min_similarity)
+    @property
+    def prototypes(self) -> GateModel:
+        """Old name of ``gate`` (callers pass it to check_chest_radiograph)."""
+        return self.gate
+
+    @property
+    def min_similarity(self) -> float:
+        """Old name of the refusal threshold."""
+        return self.gate.refuse_below
+
+    def check_plausible(self, image: XRayImage) -> GateVerdict:
+        """Raise ImageRejected when the image is clearly not a chest radiograph; otherwise the
+        verdict, ``unusual`` when the film is atypical (analysed, but flagged 'read with care')."""
+        return check_chest_radiograph(image.pixels, self.gate)
 
     def run(self, image: XRayImage, check_plausible: bool = True, render_overlays: bool = True) -> AnalysisResult:
         with self._lock:
@@ -122,4 +148,4 @@ class Pipeline:
         return AnalysisResult(probabilities=probs, thresholds={k: round(v, 4) for k, v in thresholds.items()},
                               top3=top3, boxes=boxes, model=self.model_info,
                               heatmaps={k: out.cams[k] for k in ranked}, overlays=overlays,
-                              timings_ms={k: round(v, 1) for k, v in t.items()})
+                              timings_ms={k: round(v, 1) for k, v in t.items()}, runtime=self.runtime)
