@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from cxr_fhir.storage import tables  # noqa: F401  (registers the tables on the metadata)
+from cxr_fhir.records import tables  # noqa: F401  (registers the tables on the metadata)
 from sqlmodel import SQLModel
 
 config = context.config

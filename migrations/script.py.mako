@@ -9,7 +9,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import cxr_fhir.storage.types
+import cxr_fhir.records.types
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

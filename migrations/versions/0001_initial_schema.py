@@ -9,7 +9,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import cxr_fhir.storage.types
+import cxr_fhir.records.types
 
 
 revision: str = '0001'
@@ -25,9 +25,9 @@ def upgrade() -> None:
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
     sa.Column('token_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('scopes', sa.JSON(), nullable=False),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('revoked_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name'),
     sa.UniqueConstraint('token_sha256')
@@ -40,15 +40,15 @@ def upgrade() -> None:
     sa.Column('display_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('disabled', sa.Boolean(), nullable=False),
     sa.Column('failed_logins', sa.Integer(), nullable=False),
-    sa.Column('locked_until', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_login_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('locked_until', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_login_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('username')
     )
     op.create_table('audit_event',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('recorded', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
     sa.Column('subtype', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
@@ -68,9 +68,9 @@ def upgrade() -> None:
 
     op.create_table('patient',
     sa.Column('version_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('deleted_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deleted_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('deleted_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('mrn', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -96,7 +96,7 @@ def upgrade() -> None:
     sa.Column('resource_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('version_id', sa.Integer(), nullable=False),
     sa.Column('operation', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
-    sa.Column('recorded_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('content', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
@@ -108,9 +108,9 @@ def upgrade() -> None:
 
     op.create_table('study',
     sa.Column('version_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('deleted_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deleted_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('deleted_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('patient_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -125,7 +125,7 @@ def upgrade() -> None:
     sa.Column('accession_number', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('modality', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
     sa.Column('view_position', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.Column('acquired_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('acquired_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('width', sa.Integer(), nullable=True),
     sa.Column('height', sa.Integer(), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
@@ -153,7 +153,7 @@ def upgrade() -> None:
     sa.Column('priority', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('heatmap_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('timings_ms', sa.JSON(), nullable=False),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['study_id'], ['study.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -163,18 +163,18 @@ def upgrade() -> None:
 
     op.create_table('report',
     sa.Column('version_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('deleted_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deleted_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('deleted_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('study_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('analysis_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('conclusion', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('issued', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('issued', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('confirmed_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('confirmed_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('confirmed_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['analysis_id'], ['analysis.id'], ),
     sa.ForeignKeyConstraint(['study_id'], ['study.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -190,13 +190,13 @@ def upgrade() -> None:
     sa.Column('report_version', sa.Integer(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('next_attempt_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('claimed_by', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('claimed_until', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_until', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('ehr_response', sa.JSON(), nullable=True),
-    sa.Column('created_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', cxr_fhir.storage.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('delivered_at', cxr_fhir.records.types.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['report_id'], ['report.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -8,7 +8,7 @@ from typing import Sequence, Union
 import sqlalchemy as sa
 from alembic import op
 
-from cxr_fhir.storage.types import UTCDateTime
+from cxr_fhir.records.types import UTCDateTime
 
 revision: str = "0003_fhir_store"
 down_revision: Union[str, None] = "0002"

@@ -8,7 +8,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-from cxr_fhir.storage.types import UTCDateTime
+from cxr_fhir.records.types import UTCDateTime
 
 revision: str = "0004_web"
 down_revision: Union[str, None] = "0003_fhir_store"

@@ -35,7 +35,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.engine import Engine
 
 from .api.fhir.errors import FhirError
+from .api.fhir.guard import CLIENT_STATE_KEY
 from .api.fhir.negotiation import FHIR_JSON, SECURITY_HEADERS
+from .records.tables import ApiClient
 from .security.clients import authenticate
 from .storage.db import reading
 from .web.headers import with_security_headers
@@ -74,9 +76,9 @@ def add_security_headers(path: str, headers: list[tuple[bytes, bytes]]) -> list[
     return with_security_headers(path, headers)
 
 
-def _token_valid(engine: Engine, token: str) -> bool:
+def _client_for(engine: Engine, token: str) -> ApiClient | None:
     with reading(engine) as s:
-        return authenticate(s, token) is not None
+        return authenticate(s, token)
 
 
 class Admission:
@@ -107,7 +109,11 @@ class Admission:
                 scheme, _, token = connection.headers.get("authorization", "").partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     return False
-                return await to_thread.run_sync(_token_valid, self.engine, token.strip())
+                client = await to_thread.run_sync(_client_for, self.engine, token.strip())
+                if client is None:
+                    return False
+                scope["state"][CLIENT_STATE_KEY] = client
+                return True
             if path in ("/login", "/logout"):
                 return True
             user = await to_thread.run_sync(SessionStore(self.engine).user_for, connection.cookies.get(COOKIE))

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from cxr_fhir.records.tables import User
 from cxr_fhir.storage.db import make_engine
-from cxr_fhir.storage.tables import User
 
 CLI = [str(Path(sys.executable).parent / "cxr-fhir")]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from cxr_fhir.records.tables import ApiClient, AuditEvent, User
 from cxr_fhir.storage.db import make_engine
-from cxr_fhir.storage.tables import ApiClient, AuditEvent, User
 
 CLI = [str(Path(sys.executable).parent / "cxr-fhir")]
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from cxr_fhir.records.tables import Report, Study
 from cxr_fhir.storage.db import make_engine
 from cxr_fhir.storage.image_store import ImageStore
-from cxr_fhir.storage.tables import Report, Study
 from support.server import environment, migrate_and_token, serving, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]

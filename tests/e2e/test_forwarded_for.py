@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from cxr_fhir.records.tables import AuditEvent
 from cxr_fhir.storage.db import make_engine
-from cxr_fhir.storage.tables import AuditEvent
 from support.server import cli, environment, serving
 
 FORGED = "203.0.113.9"

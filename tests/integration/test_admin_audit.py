@@ -9,10 +9,10 @@ from litestar.testing import TestClient
 from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
+from cxr_fhir.records.tables import ApiClient, AuditEvent, User
 from cxr_fhir.security.users import create_user
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
-from cxr_fhir.storage.tables import ApiClient, AuditEvent, User
 
 PASSWORD = "correct-horse-battery"
 

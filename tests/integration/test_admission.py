@@ -17,11 +17,11 @@ from litestar.testing import TestClient
 from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
+from cxr_fhir.records.tables import AuditEvent, User
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.security.users import create_user
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
-from cxr_fhir.storage.tables import AuditEvent, User
 from cxr_fhir.web.sessions import SessionStore
 
 MIB = 1024 * 1024

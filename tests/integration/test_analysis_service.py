@@ -12,12 +12,12 @@ from sqlmodel import Session, func, select
 from cxr_fhir.domain.errors import NotFound
 from cxr_fhir.imaging import ImageRejected
 from cxr_fhir.inference.pipeline import Pipeline
+from cxr_fhir.records.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.settings import PROJECT_ROOT
 from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
-from cxr_fhir.storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 
 
 @pytest.fixture(scope="module")

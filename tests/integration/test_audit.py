@@ -6,9 +6,9 @@ import pytest
 from sqlmodel import Session, select
 
 from cxr_fhir.fhir import mapping
+from cxr_fhir.records.tables import AuditEvent
 from cxr_fhir.security.audit import record
 from cxr_fhir.storage.db import writing
-from cxr_fhir.storage.tables import AuditEvent
 from support.fhir_validator import validate
 
 

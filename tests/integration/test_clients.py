@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from cxr_fhir.records.tables import ApiClient
 from cxr_fhir.security.clients import ClientError, allows, authenticate, create_client, revoke_client
 from cxr_fhir.storage.db import writing
-from cxr_fhir.storage.tables import ApiClient
 
 
 def test_token_is_stored_hashed_and_revocable(engine):

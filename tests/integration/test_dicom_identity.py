@@ -103,10 +103,10 @@ def test_uid_ownership_is_checked_on_both_databases(engine, tmp_path):
     """The UID check itself, on SQLite and PostgreSQL: another patient's study, series or instance
     UID is refused; the same patient's, or a deleted study's, is not."""
     from cxr_fhir.imaging import ImageRejected
+    from cxr_fhir.records.tables import Study
     from cxr_fhir.services.analysis import _check_uids_belong_to
     from cxr_fhir.storage.image_store import ImageStore
     from cxr_fhir.storage.repositories import StudyRepository
-    from cxr_fhir.storage.tables import Study
     from support.reports import make_report
 
     made = make_report(engine, ImageStore(tmp_path / "images"))

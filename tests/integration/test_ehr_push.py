@@ -23,6 +23,8 @@ from cxr_fhir.ehr.auth import Auth
 from cxr_fhir.ehr.client import EhrClient
 from cxr_fhir.ehr.worker import DeliveryWorker, Policy
 from cxr_fhir.fhir.mapping import OBSERVATION_ID_SYSTEM, REPORT_ID_SYSTEM
+from cxr_fhir.records.tables import AuditEvent, OutboxDelivery
+from cxr_fhir.records.types import utcnow
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.services.outbox import OutboxService
 from cxr_fhir.services.reports import ReportService
@@ -30,8 +32,6 @@ from cxr_fhir.settings import PROJECT_ROOT, Settings
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
-from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
-from cxr_fhir.storage.types import utcnow
 from support.ehr_server import EhrServer, ehr, own_ehr, require_sekmet  # noqa: F401 (fixtures)
 from support.reports import MRN_SYSTEM, make_report
 

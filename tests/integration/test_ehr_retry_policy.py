@@ -14,9 +14,9 @@ from sqlmodel import Session, select
 from cxr_fhir.ehr.auth import Auth
 from cxr_fhir.ehr.client import EhrClient
 from cxr_fhir.ehr.worker import DeliveryWorker, Policy
+from cxr_fhir.records.tables import AuditEvent, OutboxDelivery
+from cxr_fhir.records.types import utcnow
 from cxr_fhir.storage.image_store import ImageStore
-from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery
-from cxr_fhir.storage.types import utcnow
 from support.reports import make_report
 
 
@@ -152,9 +152,9 @@ def test_what_we_send_and_show_is_valid_r4(engine, tmp_path):
     delivery status, through the independent validator."""
     from cxr_fhir.ehr.worker import build_bundle
     from cxr_fhir.fhir import mapping
+    from cxr_fhir.records.tables import Analysis
     from cxr_fhir.services.outbox import OutboxService
     from cxr_fhir.storage.repositories import ReportRepository, StudyRepository
-    from cxr_fhir.storage.tables import Analysis
     from support.fhir_validator import validate
 
     images = ImageStore(tmp_path / "img")

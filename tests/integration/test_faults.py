@@ -10,13 +10,13 @@ from litestar.testing import TestClient
 from sqlmodel import Session, func, select
 
 from cxr_fhir.app import create_app
+from cxr_fhir.records.tables import Patient, Study
+from cxr_fhir.records.types import utcnow
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.services.queue import InferenceQueue, Saturated
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
-from cxr_fhir.storage.tables import Patient, Study
-from cxr_fhir.storage.types import utcnow
 
 
 def test_queue_admits_up_to_capacity_then_refuses_with_a_wait():

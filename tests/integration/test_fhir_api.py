@@ -15,10 +15,10 @@ from sqlmodel import Session, func, select
 
 from cxr_fhir.app import create_app
 from cxr_fhir.fhir.search_params import PARAMS
+from cxr_fhir.records.tables import AuditEvent, FhirResource, Patient
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage.db import writing
-from cxr_fhir.storage.tables import AuditEvent, FhirResource, Patient
 from support.fhir_validator import validate
 
 FHIR = "application/fhir+json"

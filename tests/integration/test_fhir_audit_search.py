@@ -17,12 +17,12 @@ from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
 from cxr_fhir.fhir.search_params import PARAMS
+from cxr_fhir.records.tables import AuditEvent, FhirIndex, FhirResource
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage.db import reading, writing
 from cxr_fhir.storage.fhir import projection, search
 from cxr_fhir.storage.image_store import ImageStore
-from cxr_fhir.storage.tables import AuditEvent, FhirIndex, FhirResource
 from support.fhir_validator import validate
 from support.reports import make_report
 

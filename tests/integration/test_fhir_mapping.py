@@ -10,13 +10,13 @@ import pytest
 
 from cxr_fhir.fhir import mapping
 from cxr_fhir.inference.pipeline import Pipeline
+from cxr_fhir.records.tables import Patient
 from cxr_fhir.services.analysis import AnalysisService
 from cxr_fhir.settings import PROJECT_ROOT
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository
-from cxr_fhir.storage.tables import Patient
 from support.fhir_validator import validate
 
 

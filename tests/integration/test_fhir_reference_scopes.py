@@ -18,11 +18,11 @@ from litestar.testing import TestClient
 from sqlmodel import func, select
 
 from cxr_fhir.app import create_app
+from cxr_fhir.records.tables import FhirResource
 from cxr_fhir.security.clients import create_client
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage.db import reading, writing
 from cxr_fhir.storage.fhir import search, store
-from cxr_fhir.storage.tables import FhirResource
 
 FHIR = "application/fhir+json"
 # The token of the finding: Observations and Devices, never a Patient.

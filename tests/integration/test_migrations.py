@@ -7,11 +7,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
+from cxr_fhir.records import tables  # noqa: F401
 from cxr_fhir.settings import PROJECT_ROOT
-from cxr_fhir.storage import (
-    migrate,
-    tables,  # noqa: F401
-)
+from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine
 
 MIGRATIONS = PROJECT_ROOT / "migrations"

@@ -8,9 +8,9 @@ from datetime import date
 import pytest
 from sqlmodel import Session, func, select
 
+from cxr_fhir.records.tables import Patient
 from cxr_fhir.services.patients import PatientInput, PatientInvalid, PatientService
 from cxr_fhir.storage.db import writing
-from cxr_fhir.storage.tables import Patient
 
 SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.1"
 

@@ -105,13 +105,13 @@ def test_plausibility_gate_on_non_chest_and_real_chest_images(pipeline, shared_d
     rejected = []
     for name, img in samples.items():
         try:
-            check_chest_radiograph(img, pipeline.prototypes, pipeline.min_similarity)
+            check_chest_radiograph(img, pipeline.gate)
         except ImageRejected:
             rejected.append(name)
     chests = sorted((shared_data / "nih" / "originals").glob("*.png")) + \
         sorted((shared_data / "kermany" / "train" / "NORMAL").glob("*.jpeg"))[:20]
     for path in chests:
-        check_chest_radiograph(load_path(path).pixels, pipeline.prototypes, pipeline.min_similarity)
+        check_chest_radiograph(load_path(path).pixels, pipeline.gate)
     print(f"plausibility gate: rejected {len(rejected)}/{len(samples)} non-chest images; "
           f"accepted {len(chests)}/{len(chests)} chest radiographs; passed: {sorted(set(samples) - set(rejected))}")
     assert len(rejected) >= len(samples) - 2

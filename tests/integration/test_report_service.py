@@ -6,10 +6,10 @@ import pytest
 from sqlmodel import Session, select
 
 from cxr_fhir.domain.errors import Gone, VersionConflict
+from cxr_fhir.records.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from cxr_fhir.services.reports import ReportService, ReportStateError, StudyService
 from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from cxr_fhir.storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
 
 
 @pytest.fixture

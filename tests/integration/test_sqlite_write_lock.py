@@ -19,12 +19,12 @@ from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
 from cxr_fhir.domain.errors import VersionConflict
+from cxr_fhir.records.tables import AuditEvent, Patient
 from cxr_fhir.security.clients import authenticate, create_client
 from cxr_fhir.settings import Settings
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, reading, writing
 from cxr_fhir.storage.repositories import PatientRepository
-from cxr_fhir.storage.tables import AuditEvent, Patient
 
 
 @pytest.fixture

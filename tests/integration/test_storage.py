@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from cxr_fhir.domain.errors import Gone, NotFound, VersionConflict
+from cxr_fhir.records.tables import Patient, ResourceVersion, Study
 from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
-from cxr_fhir.storage.tables import Patient, ResourceVersion, Study
 
 
 def _patient(**kw) -> Patient:
@@ -127,9 +127,9 @@ def test_a_stale_copy_in_the_session_cannot_win(engine):
 
 def test_rows_from_before_the_fhir_store_are_projected_once(engine):
     """Data stored before migration 0003 (rows without FHIR resources) become visible to the API."""
+    from cxr_fhir.records.tables import FhirResource, Study
     from cxr_fhir.storage.fhir import projection, store
     from cxr_fhir.storage.repositories import StudyRepository
-    from cxr_fhir.storage.tables import FhirResource, Study
 
     with writing(engine) as s:
         p = PatientRepository(s).create(_patient(), actor="old")

@@ -9,11 +9,11 @@ from litestar.testing import TestClient
 from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
+from cxr_fhir.records.tables import AuditEvent, User, WebSession
 from cxr_fhir.security.users import create_user
 from cxr_fhir.services.patients import PatientInput, PatientService
 from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
-from cxr_fhir.storage.tables import AuditEvent, User, WebSession
 
 PASSWORD = "correct-horse-battery"
 

@@ -24,6 +24,7 @@ from cxr_fhir.app import create_app
 from cxr_fhir.ehr.auth import Auth
 from cxr_fhir.ehr.client import EhrClient
 from cxr_fhir.ehr.worker import DeliveryWorker, Policy
+from cxr_fhir.records.tables import AuditEvent, OutboxDelivery, Patient, Study
 from cxr_fhir.security.users import create_user
 from cxr_fhir.services.outbox import OutboxService
 from cxr_fhir.settings import Settings
@@ -31,7 +32,6 @@ from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, StudyRepository
-from cxr_fhir.storage.tables import AuditEvent, OutboxDelivery, Patient, Study
 from support.ehr_server import ehr, free_port  # noqa: F401 (fixture)
 from support.reports import MRN_SYSTEM, make_report
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from cxr_fhir.records.tables import Analysis, Patient, Report, Study
 from cxr_fhir.services.reports import enqueue_delivery
 from cxr_fhir.storage.db import writing
 from cxr_fhir.storage.fhir import projection
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from cxr_fhir.storage.tables import Analysis, Patient, Report, Study
 
 MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.9999.1"
 

@@ -20,8 +20,8 @@ PACKAGE = SRC / "cxr_fhir"
 # Modules that are rooms of their own although they live inside another package: the row types
 # (SQLModel classes and column types, no session and no query) are the records every room speaks.
 ROOM_OF_MODULE = {
-    "cxr_fhir.storage.tables": "records",
-    "cxr_fhir.storage.types": "records",
+    "cxr_fhir.records.tables": "records",
+    "cxr_fhir.records.types": "records",
     "cxr_fhir.settings": "config",
     "cxr_fhir.logs": "config",
     "cxr_fhir.app": "app",

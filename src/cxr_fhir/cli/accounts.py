@@ -46,9 +46,9 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_clients(args: argparse.Namespace, settings: Settings) -> int:
     from sqlmodel import select
 
+    from ..records.tables import ApiClient
     from ..security.clients import ClientError, create_client, revoke_client
     from ..storage.db import make_engine, writing
-    from ..storage.tables import ApiClient
 
     engine = make_engine(settings.effective_database_url)
     try:

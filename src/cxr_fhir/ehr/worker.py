@@ -33,13 +33,13 @@ from ..domain.errors import NotFound
 from ..domain.vocabulary import DeliveryStatus
 from ..fhir import mapping
 from ..fhir.bundles import ehr_transaction
+from ..records.tables import Analysis, OutboxDelivery
+from ..records.types import utcnow
 from ..security import audit
 from ..settings import Settings
 from ..storage.db import writing
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from ..storage.tables import Analysis, OutboxDelivery
-from ..storage.types import utcnow
 from .client import EhrClient, TransactionResult
 from .errors import DeliveryError, PermanentError, TransientError
 

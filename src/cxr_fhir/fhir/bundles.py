@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from fhir.resources.R4B.bundle import Bundle
 
-from ..storage.tables import Analysis, Patient, Report, Study
+from ..records.tables import Analysis, Patient, Report, Study
 from . import mapping
 
 

@@ -19,7 +19,7 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 
 from ..domain.findings import BY_NAME, LOCAL_SYSTEM, SNOMED
 from ..domain.report import UNUSUAL_FILM
-from ..storage.tables import Analysis, AuditEvent, Patient, Report, Study
+from ..records.tables import Analysis, AuditEvent, Patient, Report, Study
 
 DICOM_DCM = "http://dicom.nema.org/resources/ontology/DCM"
 LOINC = "http://loinc.org"

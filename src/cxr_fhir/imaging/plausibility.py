@@ -166,10 +166,8 @@ class GateVerdict:
 UNUSUAL_FILM = "unusual film, read with care"
 
 
-def check_chest_radiograph(pixels: np.ndarray, gate: GateModel, *_legacy: object) -> GateVerdict:
-    """Raise ImageRejected when clearly not a chest radiograph; else the verdict (maybe unusual).
-
-    ``_legacy``: the old separate threshold argument, ignored (the gate carries its thresholds)."""
+def check_chest_radiograph(pixels: np.ndarray, gate: GateModel) -> GateVerdict:
+    """Raise ImageRejected when clearly not a chest radiograph; else the verdict (maybe unusual)."""
     score = gate.score(pixels)
     if not score >= gate.refuse_below:  # also refuses NaN
         raise ImageRejected("not-a-chest-radiograph",

@@ -94,16 +94,6 @@ class Pipeline:
                          media_type="image/png", bits=8)
         self.run(fake, check_plausible=False, render_overlays=True)
 
-    @property
-    def prototypes(self) -> GateModel:
-        """Old name of ``gate`` (callers pass it to check_chest_radiograph)."""
-        return self.gate
-
-    @property
-    def min_similarity(self) -> float:
-        """Old name of the refusal threshold."""
-        return self.gate.refuse_below
-
     def check_plausible(self, image: XRayImage) -> GateVerdict:
         """Raise ImageRejected when the image is clearly not a chest radiograph; otherwise the
         verdict, ``unusual`` when the film is atypical (analysed, but flagged 'read with care')."""

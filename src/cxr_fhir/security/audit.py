@@ -7,9 +7,9 @@ from typing import overload
 from sqlmodel import Session
 
 from ..domain.text import escape_control
+from ..records.tables import AuditEvent
 from ..storage.fhir import projection
 from ..storage.repositories import AuditRepository
-from ..storage.tables import AuditEvent
 
 ACTIONS = {"C", "R", "U", "D", "E"}
 OUTCOMES = {"0", "4", "8", "12"}  # success, minor failure, serious failure, major failure

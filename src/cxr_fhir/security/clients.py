@@ -13,8 +13,8 @@ import secrets
 from sqlmodel import Session, select
 
 from ..domain.errors import Invalid
-from ..storage.tables import ApiClient
-from ..storage.types import utcnow
+from ..records.tables import ApiClient
+from ..records.types import utcnow
 from . import audit
 
 # SMART v1 system scopes: system/<ResourceType or *>.<read | write | *>

@@ -11,8 +11,8 @@ import re
 from sqlmodel import Session
 
 from ..domain.errors import Invalid
+from ..records.tables import User
 from ..storage.repositories import UserRepository
-from ..storage.tables import User
 from . import audit
 from .passwords import hash_password
 

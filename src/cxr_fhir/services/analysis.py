@@ -24,12 +24,12 @@ from ..domain.report import conclusion
 from ..domain.triage import default_rules, triage
 from ..domain.vocabulary import StudyStatus
 from ..imaging import ImageRejected, XRayImage, load
+from ..records.tables import Analysis, Report, Study
+from ..records.types import utcnow
 from ..storage.db import writing
 from ..storage.fhir import projection
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from ..storage.tables import Analysis, Report, Study
-from ..storage.types import utcnow
 from .patients import PatientService
 from .queue import InferenceQueue
 from .reports import enqueue_delivery

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlmodel import Session, col, select
 
-from ..storage.tables import AuditEvent
+from ..records.tables import AuditEvent
 
 PAGE = 100
 MAX_PAGE = 10**6  # beyond any list; keeps the offset a database integer

@@ -11,10 +11,10 @@ from sqlmodel import Session, col, func, select
 from ..domain.errors import BusinessRule, NotFound
 from ..domain.vocabulary import DeliveryStatus
 from ..fhir.mapping import FHIR_CODE
+from ..records.tables import OutboxDelivery
+from ..records.types import utcnow
 from ..security import audit
 from ..storage.db import reading, writing
-from ..storage.tables import OutboxDelivery
-from ..storage.types import utcnow
 
 
 class RetryRefused(BusinessRule):

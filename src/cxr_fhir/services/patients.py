@@ -16,9 +16,9 @@ from sqlmodel import Session
 
 from ..domain.errors import Duplicate, Invalid, InvalidRequest
 from ..domain.text import has_control
+from ..records.tables import Patient
 from ..storage.fhir import projection
 from ..storage.repositories import PatientRepository
-from ..storage.tables import Patient
 
 GENDERS = ("male", "female", "other", "unknown")
 

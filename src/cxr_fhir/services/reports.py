@@ -12,10 +12,10 @@ from sqlmodel import Session
 
 from ..domain.errors import BusinessRule
 from ..domain.vocabulary import ReportStatus
+from ..records.tables import OutboxDelivery, Report, Study
+from ..records.types import utcnow
 from ..storage.fhir import projection
 from ..storage.repositories import ReportRepository, StudyRepository
-from ..storage.tables import OutboxDelivery, Report, Study
-from ..storage.types import utcnow
 
 
 class ReportStateError(BusinessRule):

@@ -9,8 +9,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
 
 from ..domain.errors import Gone, NotFound, VersionConflict
-from .tables import AuditEvent, Patient, Report, ResourceVersion, Study, User, VersionedFields
-from .types import utcnow
+from ..records.tables import AuditEvent, Patient, Report, ResourceVersion, Study, User, VersionedFields
+from ..records.types import utcnow
 
 T = TypeVar("T", bound=VersionedFields)
 

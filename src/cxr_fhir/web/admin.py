@@ -11,13 +11,13 @@ from litestar.response import Redirect, Template
 from sqlmodel import select
 
 from ..domain.errors import NotFound
+from ..records.tables import ApiClient, User
 from ..security.clients import ClientError, create_client, revoke_client
 from ..security.users import ROLES, UserError, create_user, reset_password, set_disabled
 from ..services.audit_log import AuditFilter, audit_page
 from ..services.models import overview
 from ..services.outbox import RetryRefused
 from ..storage.db import reading, writing
-from ..storage.tables import ApiClient, User
 from .common import ServicesDep, audit_read, client_ip, page, services, user
 from .guards import admin_required
 from .queries import DELIVERY_STATES, deliveries

@@ -42,11 +42,11 @@ from litestar.middleware.csrf import generate_csrf_token
 from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
+from ..records.types import utcnow
 from ..security import audit
 from ..security.passwords import hash_password, verify_password
 from ..storage.db import writing
 from ..storage.repositories import UserRepository
-from ..storage.types import utcnow
 from .common import ServicesDep, client_ip, page
 from .guards import current_user
 from .sessions import ABSOLUTE, COOKIE, SessionStore

@@ -9,10 +9,10 @@ from litestar.params import SkipValidation
 from litestar.response import Template
 
 from ..domain.findings import BY_NAME
+from ..records.tables import User
 from ..security import audit
 from ..services.container import Services
 from ..storage.db import writing
-from ..storage.tables import User
 
 PRIORITY_LABEL = {"stat": "STAT", "urgent": "Urgent", "routine": "Routine", "queued": "Queued",
                   "analyzing": "Analysing", "failed": "Analysis failed"}

@@ -11,10 +11,10 @@ from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 
 from ..domain.errors import NotFound
+from ..records.tables import OutboxDelivery, Report
+from ..records.types import utcnow
 from ..services.outbox import RetryRefused
 from ..storage.db import reading
-from ..storage.tables import OutboxDelivery, Report
-from ..storage.types import utcnow
 from .common import ServicesDep, audit_read, is_htmx, page, services, user
 from .guards import login_required
 

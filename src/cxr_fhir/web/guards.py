@@ -9,7 +9,7 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException, Permi
 from litestar.handlers.base import BaseRouteHandler
 
 from ..domain.text import has_control
-from ..storage.tables import User
+from ..records.tables import User
 from .sessions import COOKIE, SessionStore
 
 

@@ -15,10 +15,10 @@ from litestar.response import Redirect, Template
 
 from ..domain.errors import Gone, NotFound, VersionConflict
 from ..domain.text import has_control
+from ..records.tables import Patient
 from ..services.patients import GENDERS, PatientInput, PatientInvalid
 from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
-from ..storage.tables import Patient
 from .common import ServicesDep, audit_read, page, services, user
 from .guards import login_required
 from .queries import er_areas, patient_studies

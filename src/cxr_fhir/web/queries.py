@@ -9,9 +9,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ..domain.vocabulary import DeliveryStatus, StudyStatus
+from ..records.tables import Analysis, OutboxDelivery, Patient, Report, Study
+from ..records.types import utcnow
 from ..storage.db import reading
-from ..storage.tables import Analysis, OutboxDelivery, Patient, Report, Study
-from ..storage.types import utcnow
 from .common import PRIORITY_RANK
 
 WORKLIST_WINDOW = timedelta(days=3)

@@ -14,9 +14,9 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete
 
+from ..records.tables import User, WebSession
+from ..records.types import utcnow
 from ..storage.db import writing
-from ..storage.tables import User, WebSession
-from ..storage.types import utcnow
 
 COOKIE = "cxr_session"
 IDLE = timedelta(hours=1)

@@ -16,11 +16,11 @@ from litestar.response import Template
 from ..domain.errors import Gone, NotFound, Unavailable, VersionConflict
 from ..domain.findings import FINDING_NAMES
 from ..imaging import ImageRejected
+from ..records.tables import Report
 from ..services.queue import Saturated
 from ..services.reports import ReportStateError
 from ..storage.db import reading, writing
 from ..storage.repositories import PatientRepository
-from ..storage.tables import Report
 from .common import ServicesDep, audit_read, page, services, user
 from .delivery import delivery_context
 from .guards import login_required

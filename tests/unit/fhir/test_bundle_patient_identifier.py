@@ -7,7 +7,7 @@ from unittest.mock import ANY
 from cxr_fhir.fhir import mapping
 from cxr_fhir.fhir.bundles import ehr_transaction
 from cxr_fhir.fhir.mapping import PATIENT_ID_SYSTEM
-from cxr_fhir.storage.tables import Analysis, Patient, Report, Study
+from cxr_fhir.records.tables import Analysis, Patient, Report, Study
 
 TOP3 = [{"finding": "Effusion", "probability": 0.8, "threshold": 0.5, "present": True}]
 

@@ -12,11 +12,11 @@ from litestar import Request, Response
 from sqlalchemy.exc import OperationalError
 
 from ...domain.errors import CxrError
+from ...records.tables import ApiClient
 from ...security import audit
 from ...security.clients import allows, authenticate
 from ...storage.db import reading, writing
 from ...storage.fhir import search
-from ...storage.tables import ApiClient
 from . import errors, transactions
 from .negotiation import response_type, services_of
 from .providers import PROVIDERS, Actor
@@ -29,7 +29,15 @@ INTERACTION_ACTION = {"read": "R", "vread": "R", "search-type": "E", "history-in
                       "batch": "E", "operation": "E", "capabilities": "R"}
 
 
+# Where the app's admission middleware leaves the client it authenticated (a request with a body),
+# so the token is looked up once per request.
+CLIENT_STATE_KEY = "api_client"
+
+
 def client_of(request: Request) -> ApiClient:
+    admitted = request.scope.get("state", {}).get(CLIENT_STATE_KEY)
+    if isinstance(admitted, ApiClient):
+        return admitted
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl
 
 from sqlmodel import Session
 
+from ...records.tables import FhirResource
 from ...storage.fhir import search, store
-from ...storage.tables import FhirResource
 from . import errors
 from .providers import PROVIDERS, Actor, Provider, ReadOnly, parse
 

@@ -24,10 +24,10 @@ from ...domain.text import has_control
 from ...domain.vocabulary import Origin, ReportStatus
 from ...fhir import bindings, mapping, references
 from ...imaging.loader import sniff
+from ...records.tables import FhirResource
 from ...services.patients import PatientInput, PatientInvalid, PatientService
 from ...services.reports import ReportStateError
 from ...storage.fhir import store
-from ...storage.tables import FhirResource
 from . import errors
 from .analyze import OPERATION_DEFINITION, OPERATION_ID
 
@@ -157,7 +157,7 @@ class Provider:
     def create(self, s: Session, content: dict[str, Any], actor: Actor, new_id: str | None = None) -> FhirResource:
         if not self.writable:
             raise errors.FhirError(405, f"{self.resource_type} is read-only here", "not-supported")
-        from ...storage.types import new_id as make_id
+        from ...records.types import new_id as make_id
         rid = new_id or make_id()
         store.put(s, self.resource_type, rid, _strip(content), origin=Origin.API)
         return store.read(s, self.resource_type, rid)

@@ -20,10 +20,10 @@ from litestar.exceptions import HTTPException
 from sqlalchemy.exc import OperationalError
 
 from ...domain.errors import CxrError
+from ...records.tables import ApiClient
 from ...storage.db import reading, writing
 from ...storage.fhir import search
 from ...storage.fhir.delivery import with_delivery_status
-from ...storage.tables import ApiClient
 from . import analyze, errors, interactions, openapi, transactions
 from .capability import capability_statement
 from .guard import actor_of, audit_entries, can_read, guarded, require, require_criteria

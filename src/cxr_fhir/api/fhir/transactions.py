@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ...domain.errors import CxrError
+from ...records.types import new_id
 from ...storage.db import writing
 from ...storage.fhir import search
-from ...storage.types import new_id
 from . import errors, interactions
 from .providers import Actor
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from ...fhir.mapping import EHR_DELIVERY_STATUS_URL, FHIR_CODE
-from ..tables import OutboxDelivery
+from ...records.tables import OutboxDelivery
 
 
 def newest_statuses(s: Session, report_ids: Iterable[str]) -> dict[str, str]:

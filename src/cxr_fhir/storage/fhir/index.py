@@ -10,7 +10,7 @@ from typing import Any
 
 from ...domain.errors import InvalidRequest
 from ...fhir.search_params import PARAMS
-from ..tables import FhirIndex
+from ...records.tables import FhirIndex
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
                    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")

@@ -18,7 +18,7 @@ from ...domain.errors import NotFound
 from ...domain.vocabulary import Origin
 from ...fhir import mapping
 from ...fhir.search_params import PARAMS
-from ..tables import Analysis, AuditEvent, FhirResource, Patient, Report, Study, VersionedFields
+from ...records.tables import Analysis, AuditEvent, FhirResource, Patient, Report, Study, VersionedFields
 from . import store
 from .index import reference_key, walk
 

@@ -11,7 +11,7 @@ from sqlmodel import Session
 from ...domain.errors import InvalidRequest, TooCostly
 from ...domain.text import has_control
 from ...fhir.search_params import INCLUDES, PARAMS, REVINCLUDES, SORTABLE
-from ..tables import FhirResource
+from ...records.tables import FhirResource
 from . import store
 from .delivery import add_status, newest_statuses
 

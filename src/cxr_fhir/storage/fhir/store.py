@@ -18,8 +18,8 @@ from sqlmodel import Session, col
 
 from ...domain.errors import Gone, InvalidRequest, NotFound
 from ...fhir.search_params import PARAMS, SearchParam
-from ..tables import FhirIndex, FhirResource, FhirResourceHistory
-from ..types import utcnow
+from ...records.tables import FhirIndex, FhirResource, FhirResourceHistory
+from ...records.types import utcnow
 from .index import BadDate, date_range, normalise, reference_key, rows
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
