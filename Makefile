@@ -8,7 +8,7 @@ VALIDATOR := tests/fhir_validator/node_modules/.installed
 # The stand-in hospital EHR for the push tests: a real FHIR server, in its own venv (own pins).
 SEKMET    := .venv-sekmet/bin/sekmet
 
-.PHONY: run test lint install migrate clean chromium static
+.PHONY: run test lint install migrate clean chromium dicom-tools static
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ run: migrate
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
+# The DICOM peers of the tests (a real PACS with DICOMweb, a modality, the reference IOD validator)
+# and nginx (the load balancer of the scale-out test); a no-op when all are installed.
+dicom-tools:
+	command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v dciodvfy >/dev/null \
+	  && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v nginx >/dev/null \
+	  || (apt-get update && apt-get install -y --no-install-recommends orthanc orthanc-dicomweb dcmtk dicom3tools nginx)
+
 # htmx is vendored (committed) in static/vendor/; this refreshes it from the pinned npm package.
 static:
 	cd static && npm ci --no-audit --no-fund --silent && cp node_modules/htmx.org/dist/htmx.min.js vendor/htmx.min.js
@@ -47,7 +54,7 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: lint $(VALIDATOR) $(SEKMET) chromium
+test: lint $(VALIDATOR) $(SEKMET) chromium dicom-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

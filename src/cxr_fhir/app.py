@@ -169,7 +169,7 @@ def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) ->
         sweeper = asyncio.create_task(_sweep_interrupted(services))
         worker = None
         if settings.ehr_push_enabled:
-            from .ehr.worker import start_in_thread
+            from .outbound.worker import start_in_thread
             worker = start_in_thread(services.engine, services.images, settings)
         try:
             yield

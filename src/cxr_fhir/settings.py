@@ -43,6 +43,29 @@ class Settings(BaseSettings):
     ehr_retry_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts")
     ehr_lease_s: float = Field(default=300.0, gt=0, description="How long a worker's claim on a delivery lasts")
     ehr_poll_s: float = Field(default=2.0, gt=0, description="Worker's pause when nothing is due")
+    # DICOM in: the DIMSE Storage SCP (`cxr-fhir dicom listen`, and `serve` when dicom_listen is on).
+    dicom_listen: bool = Field(default=False, description="`serve` also runs the DICOM Storage SCP")
+    dicom_ae_title: str = Field(default="CXRFHIR", min_length=1, max_length=16, description="Our AE title")
+    dicom_host: str = Field(default="127.0.0.1", description="Address the Storage SCP listens on")
+    dicom_port: int = Field(default=11112, ge=1, le=65535, description="Port of the Storage SCP")
+    dicom_allowed_callers: str = Field(default="", description="Comma-separated calling AE titles allowed to "
+                                                               "associate, each optionally AE@address; empty: none")
+    dicom_max_instance_bytes: int = Field(default=100 * 1024 * 1024, gt=0,
+                                          description="Largest instance taken by C-STORE or STOW-RS")
+    # DICOM out: the PACS destination of the SR and the Secondary Capture (one of the two ways).
+    pacs_ae_title: str | None = Field(default=None, max_length=16, description="PACS AE title (C-STORE SCU)")
+    pacs_host: str | None = Field(default=None, description="PACS address (C-STORE SCU)")
+    pacs_port: int | None = Field(default=None, ge=1, le=65535, description="PACS port (C-STORE SCU)")
+    pacs_stow_url: str | None = Field(default=None, description="DICOMweb base URL of the PACS (STOW-RS), "
+                                                                "instead of C-STORE")
+    pacs_timeout_s: float = Field(default=30.0, gt=0)
+    # RIS: HL7 v2 ORU^R01 over MLLP.
+    ris_mllp_host: str | None = Field(default=None, description="RIS MLLP address; unset = no HL7 out")
+    ris_mllp_port: int | None = Field(default=None, ge=1, le=65535)
+    ris_timeout_s: float = Field(default=30.0, gt=0)
+    hl7_sending_facility: str = Field(default="CXRFHIR", description="MSH-4")
+    hl7_receiving_application: str = Field(default="RIS", description="MSH-5")
+    hl7_receiving_facility: str = Field(default="HOSPITAL", description="MSH-6")
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
@@ -98,3 +121,17 @@ class Settings(BaseSettings):
     @property
     def ehr_push_enabled(self) -> bool:
         return bool(self.ehr_base_url)
+
+    @property
+    def pacs_enabled(self) -> bool:
+        return bool(self.pacs_stow_url or (self.pacs_ae_title and self.pacs_host and self.pacs_port))
+
+    @property
+    def ris_enabled(self) -> bool:
+        return bool(self.ris_mllp_host and self.ris_mllp_port)
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """The outbox destinations configured here (domain.vocabulary.Destination values)."""
+        wanted = {"ehr": self.ehr_push_enabled, "pacs": self.pacs_enabled, "ris": self.ris_enabled}
+        return tuple(name for name, on in wanted.items() if on)

@@ -43,7 +43,7 @@ def _files(root) -> list:
 
 def test_upload_stores_study_analysis_report_and_overlays(engine, pipeline, patient_id, shared_data, tmp_path):
     images = ImageStore(tmp_path / "img")
-    service = AnalysisService(engine, images, pipeline, push_enabled=True, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=["ehr"], max_image_pixels=80_000_000)
     data = sorted((shared_data / "nih" / "originals").glob("*.png"))[0].read_bytes()
     up = service.upload(patient_id, data, "chest.png", actor="dr.a")
     assert up.study.status == "analyzed" and up.study.width == 1024 and up.study.uploaded_by == "dr.a"
@@ -59,7 +59,7 @@ def test_upload_stores_study_analysis_report_and_overlays(engine, pipeline, pati
 
 def test_refused_images_store_nothing(engine, pipeline, patient_id, tmp_path):
     images = ImageStore(tmp_path / "img")
-    service = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=(), max_image_pixels=80_000_000)
     import skimage.data
 
     buf = io.BytesIO()
@@ -73,7 +73,7 @@ def test_refused_images_store_nothing(engine, pipeline, patient_id, tmp_path):
 
 def test_unknown_patient_leaves_no_file(engine, pipeline, shared_data, tmp_path):
     images = ImageStore(tmp_path / "img")
-    service = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=(), max_image_pixels=80_000_000)
     data = sorted((shared_data / "nih" / "originals").glob("*.png"))[0].read_bytes()
     with pytest.raises(NotFound):
         service.upload("no-such-patient", data, None, actor="dr.a")
@@ -82,7 +82,7 @@ def test_unknown_patient_leaves_no_file(engine, pipeline, shared_data, tmp_path)
 
 def test_inference_failure_marks_the_study_failed(engine, pipeline, patient_id, shared_data, tmp_path, monkeypatch):
     images = ImageStore(tmp_path / "img")
-    service = AnalysisService(engine, images, pipeline, push_enabled=True, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=["ehr"], max_image_pixels=80_000_000)
 
     def broken(*a, **k):
         raise RuntimeError("simulated inference fault")
@@ -100,7 +100,7 @@ def test_a_failure_after_inference_still_ends_failed(engine, pipeline, patient_i
                                                      monkeypatch):
     """The study is deleted while the models run: no crash, no study left 'analyzing' untouched."""
     images = ImageStore(tmp_path / "img")
-    service = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=(), max_image_pixels=80_000_000)
     real_run = pipeline.run
 
     def run_then_delete(image, **kw):

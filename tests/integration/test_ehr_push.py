@@ -19,10 +19,10 @@ from litestar.testing import TestClient
 from sqlmodel import Session, select
 
 from cxr_fhir.app import create_app
-from cxr_fhir.ehr.auth import Auth
-from cxr_fhir.ehr.client import EhrClient
-from cxr_fhir.ehr.worker import DeliveryWorker, Policy
 from cxr_fhir.fhir.mapping import OBSERVATION_ID_SYSTEM, REPORT_ID_SYSTEM
+from cxr_fhir.outbound.ehr_auth import Auth
+from cxr_fhir.outbound.ehr_client import EhrClient
+from cxr_fhir.outbound.worker import DeliveryWorker, Policy
 from cxr_fhir.records.tables import AuditEvent, OutboxDelivery
 from cxr_fhir.records.types import utcnow
 from cxr_fhir.security.clients import create_client
@@ -123,7 +123,7 @@ def test_report_pushed_with_every_reference_resolvable(engine, ehr, images):
 
     # The doctor confirms: the new version replaces the old one in the EHR, nothing is duplicated.
     with writing(engine) as s:
-        ReportService(push_enabled=True).confirm(s, made.report_id, actor="dr.a", conclusion="Small effusion.")
+        ReportService(destinations=["ehr"]).confirm(s, made.report_id, actor="dr.a", conclusion="Small effusion.")
     assert OutboxService(engine).status_for_report(made.report_id).fhir_code == "pending"
     assert _worker(engine, images, ehr.base_url).drain() == 1
     assert _counts(ehr, made) == ONCE
@@ -134,7 +134,7 @@ def test_report_pushed_with_every_reference_resolvable(engine, ehr, images):
 
 def test_only_the_newest_version_goes_out(sqlite_engine, ehr, images):
     made = make_report(sqlite_engine, images)
-    reports = ReportService(push_enabled=True)
+    reports = ReportService(destinations=["ehr"])
     with writing(sqlite_engine) as s:
         reports.confirm(s, made.report_id, actor="dr.a")
     with writing(sqlite_engine) as s:
@@ -172,7 +172,7 @@ def test_ehr_down_then_back_delivers_exactly_once(sqlite_engine, own_ehr, images
     # Down again while the doctor confirms; back with the same data: still one of everything.
     own_ehr.stop()
     with writing(sqlite_engine) as s:
-        ReportService(push_enabled=True).confirm(s, made.report_id, actor="dr.a")
+        ReportService(destinations=["ehr"]).confirm(s, made.report_id, actor="dr.a")
     worker.drain()
     assert OutboxService(sqlite_engine).status_for_report(made.report_id).status == "pending"
     own_ehr.start()
@@ -417,7 +417,7 @@ def test_app_runs_the_worker_and_ready_shows_the_backlog(tmp_path, ehr, images):
 
 
 def test_a_worker_whose_lease_ran_out_does_not_settle_another_workers_claim(sqlite_engine, images):
-    from cxr_fhir.ehr.errors import TransientError
+    from cxr_fhir.outbound.errors import TransientError
 
     made = make_report(sqlite_engine, images)
     slow, other = (_worker(sqlite_engine, images, "http://127.0.0.1:9", worker_id=w) for w in ("slow", "other"))

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlmodel import Session, select
 
-from cxr_fhir.ehr.auth import Auth
-from cxr_fhir.ehr.client import EhrClient
-from cxr_fhir.ehr.worker import DeliveryWorker, Policy
+from cxr_fhir.outbound.ehr_auth import Auth
+from cxr_fhir.outbound.ehr_client import EhrClient
+from cxr_fhir.outbound.worker import DeliveryWorker, Policy
 from cxr_fhir.records.tables import AuditEvent, OutboxDelivery
 from cxr_fhir.records.types import utcnow
 from cxr_fhir.storage.image_store import ImageStore
@@ -150,8 +150,8 @@ def test_401_fetches_a_fresh_credential_once(engine, tmp_path, scripted):
 def test_what_we_send_and_show_is_valid_r4(engine, tmp_path):
     """The transaction Bundle (patient with and without MRN) and the DiagnosticReport carrying its
     delivery status, through the independent validator."""
-    from cxr_fhir.ehr.worker import build_bundle
     from cxr_fhir.fhir import mapping
+    from cxr_fhir.outbound.worker import build_bundle
     from cxr_fhir.records.tables import Analysis
     from cxr_fhir.services.outbox import OutboxService
     from cxr_fhir.storage.repositories import ReportRepository, StudyRepository

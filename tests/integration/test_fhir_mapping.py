@@ -32,7 +32,7 @@ def uploaded(tmp_path_factory, shared_data):
                                                 family="Ñúñez", given="Ana María", birth_date=date(1955, 3, 4),
                                                 sex="female"), actor="t")
     data = sorted((shared_data / "nih" / "originals").glob("*.png"))[0].read_bytes()
-    up = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000).upload(
+    up = AnalysisService(engine, images, pipeline, destinations=(), max_image_pixels=80_000_000).upload(
         p.id, data, "chest.png", actor="dr.a")
     return p, up, images, pipeline
 

@@ -90,7 +90,7 @@ def test_an_unusual_real_film_is_analysed_and_flagged_everywhere(pipeline, share
     with writing(engine) as s:
         p = PatientRepository(s).create(Patient(mrn="MRN-16", mrn_system="urn:oid:1.2", family="Odd",
                                                 given="Film", birth_date=date(1950, 1, 2)), actor="t")
-    service = AnalysisService(engine, images, pipeline, push_enabled=False, max_image_pixels=80_000_000)
+    service = AnalysisService(engine, images, pipeline, destinations=(), max_image_pixels=80_000_000)
     up = service.upload(p.id, _unusual_film(pipeline, shared_data), "portable.png", actor="dr.a")
     assert up.analysis is not None and up.report is not None
     assert up.analysis.unusual_film is True and up.analysis.plausibility is not None

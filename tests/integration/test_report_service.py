@@ -31,7 +31,7 @@ def _outbox(engine) -> list[tuple[str, int]]:
 
 
 def test_confirm_then_amend_queues_each_version(engine, report_id):
-    svc = ReportService(push_enabled=True)
+    svc = ReportService(destinations=["ehr"])
     with writing(engine) as s:
         r = svc.confirm(s, report_id, actor="dr.a", conclusion="  No acute finding.  ")
     assert (r.status, r.version_id, r.conclusion, r.confirmed_by) == ("final", 2, "No acute finding.", "dr.a")
@@ -46,7 +46,7 @@ def test_confirm_then_amend_queues_each_version(engine, report_id):
 
 
 def test_rules_refuse_without_writing(engine, report_id):
-    svc = ReportService(push_enabled=True)
+    svc = ReportService(destinations=["ehr"])
     with pytest.raises(ReportStateError), writing(engine) as s:
         svc.amend(s, report_id, "text", actor="dr.a")  # still preliminary
     with pytest.raises(ReportStateError), writing(engine) as s:
@@ -60,7 +60,7 @@ def test_delete_study_cancels_report_and_keeps_history(engine, report_id):
     with writing(engine) as s:
         study_id = ReportRepository(s).get(report_id).study_id
     with writing(engine) as s:
-        StudyService(push_enabled=False).delete(s, study_id, actor="dr.a")
+        StudyService(destinations=()).delete(s, study_id, actor="dr.a")
     with writing(engine) as s:
         with pytest.raises(Gone):
             StudyRepository(s).get(study_id)

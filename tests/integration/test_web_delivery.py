@@ -21,9 +21,9 @@ from pydicom.uid import generate_uid
 from sqlmodel import Session, col, select
 
 from cxr_fhir.app import create_app
-from cxr_fhir.ehr.auth import Auth
-from cxr_fhir.ehr.client import EhrClient
-from cxr_fhir.ehr.worker import DeliveryWorker, Policy
+from cxr_fhir.outbound.ehr_auth import Auth
+from cxr_fhir.outbound.ehr_client import EhrClient
+from cxr_fhir.outbound.worker import DeliveryWorker, Policy
 from cxr_fhir.records.tables import AuditEvent, OutboxDelivery, Patient, Study
 from cxr_fhir.security.users import create_user
 from cxr_fhir.services.outbox import OutboxService

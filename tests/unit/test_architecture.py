@@ -31,12 +31,15 @@ ROOM_OF_MODULE = {
 
 # room -> the rooms it may import (besides itself). Top to bottom.
 ALLOWED: dict[str, set[str]] = {
-    "app": {"api", "web", "ehr", "services", "security", "storage", "fhir", "inference", "imaging", "training",
+    "app": {"api", "web", "outbound", "dimse", "dicom", "hl7v2", "services", "security", "storage", "fhir",
+            "inference", "imaging", "training",
             "domain", "records", "config", "loadtest"},
     "loadtest": set(),
     "api": {"services", "security", "storage", "fhir", "imaging", "domain", "records", "config"},
+    "dimse": {"services", "security", "storage", "imaging", "domain", "records", "config"},
     "web": {"services", "security", "storage", "imaging", "domain", "records", "config"},
-    "ehr": {"services", "security", "storage", "fhir", "domain", "records", "config"},
+    "outbound": {"services", "security", "storage", "fhir", "dicom", "hl7v2", "imaging", "domain", "records",
+                 "config"},
     "services": {"security", "storage", "fhir", "inference", "imaging", "domain", "records", "config"},
     "training": {"inference", "imaging", "domain"},
     "security": {"storage", "domain", "records"},
@@ -44,6 +47,8 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"imaging", "domain"},
     "imaging": {"domain"},
     "fhir": {"domain", "records"},
+    "dicom": {"imaging", "domain", "records"},
+    "hl7v2": {"domain", "records"},
     "records": {"domain"},
     "config": set(),
     "domain": set(),

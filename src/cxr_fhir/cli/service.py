@@ -53,9 +53,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    from ..ehr.client import EhrClient
-    from ..ehr.worker import DeliveryWorker, Policy
     from ..logs import configure_logging
+    from ..outbound.ehr_client import EhrClient
+    from ..outbound.worker import DeliveryWorker, Policy
     from ..storage.db import make_engine
     from ..storage.image_store import ImageStore
 

@@ -37,6 +37,15 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"
 
 
+class Destination(StrEnum):
+    """Where the outbox sends a report version: the EHR (FHIR transaction Bundle), the PACS (DICOM
+    SR + Secondary Capture by C-STORE or STOW-RS) or the RIS (HL7 v2 ORU^R01 over MLLP)."""
+
+    EHR = "ehr"
+    PACS = "pacs"
+    RIS = "ris"
+
+
 class Origin(StrEnum):
     """Who owns a stored FHIR resource: a client's as sent ('api'), or a projection of our own
     rows ('domain', changed only through the services)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import JSON, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from ..domain.vocabulary import DeliveryStatus, Origin, ReportStatus, StudyStatus
+from ..domain.vocabulary import DeliveryStatus, Destination, Origin, ReportStatus, StudyStatus
 from .types import UTCDateTime, new_id, utcnow
 
 
@@ -56,6 +56,11 @@ class Study(VersionedFields, table=True):
     """One uploaded X-ray (a single-image ImagingStudy)."""
 
     __tablename__ = "study"
+    # One living study per SOP Instance UID (migration 0008): the same instance sent twice, by
+    # DIMSE, STOW-RS or an upload, or by two nodes at once, is one study.
+    __table_args__ = (Index("uq_study_living_sop_instance", "sop_instance_uid", unique=True,
+                            sqlite_where=text("deleted_at IS NULL AND sop_instance_uid IS NOT NULL"),
+                            postgresql_where=text("deleted_at IS NULL AND sop_instance_uid IS NOT NULL")),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     patient_id: str = Field(foreign_key="patient.id", index=True, max_length=64)
@@ -188,14 +193,18 @@ class AuditEvent(SQLModel, table=True):
 
 
 class OutboxDelivery(SQLModel, table=True):
-    """A pending push of a report version to the EHR, written in the report's own transaction."""
+    """A pending push of a report version to one destination (the EHR, the PACS, the RIS), written in
+    the report's own transaction. ``ehr_response`` holds the destination's answer, whichever it is."""
 
     __tablename__ = "outbox_delivery"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),
+                      Index("ix_outbox_report_destination", "report_id", "destination"))
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     report_id: str = Field(foreign_key="report.id", index=True, max_length=64)
     report_version: int
+    destination: str = Field(default=Destination.EHR, max_length=16,
+                             description="a Destination: ehr | pacs | ris (one sender each, one worker)")
     status: str = Field(default=DeliveryStatus.PENDING, max_length=16,
                         description="a DeliveryStatus: pending | delivered | dead")
     attempts: int = Field(default=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from ..domain.errors import InvalidRequest, Unavailable
 from ..domain.identity import name_mismatch
 from ..domain.report import conclusion
 from ..domain.triage import default_rules, triage
-from ..domain.vocabulary import StudyStatus
+from ..domain.vocabulary import Destination, StudyStatus
 from ..imaging import ImageRejected, XRayImage, load
 from ..records.tables import Analysis, Report, Study
 from ..records.types import utcnow
@@ -32,7 +32,7 @@ from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from .patients import PatientService
 from .queue import InferenceQueue
-from .reports import enqueue_delivery
+from .reports import enqueue_deliveries
 
 if TYPE_CHECKING:  # the models load only where they run, not wherever this module is imported
     from ..imaging.plausibility import GateVerdict
@@ -100,12 +100,12 @@ class Uploaded:
 
 
 class AnalysisService:
-    def __init__(self, engine: Engine, images: ImageStore, pipeline: Pipeline, push_enabled: bool,
+    def __init__(self, engine: Engine, images: ImageStore, pipeline: Pipeline, destinations: Collection[Destination],
                  max_image_pixels: int, queue: InferenceQueue | None = None,
                  patients: PatientService | None = None):
         self.engine, self.images, self.pipeline = engine, images, pipeline
         self.patients = patients
-        self.push_enabled, self.max_image_pixels = push_enabled, max_image_pixels
+        self.destinations, self.max_image_pixels = tuple(destinations), max_image_pixels
         self.queue = queue or InferenceQueue(max_waiting=1_000_000)
         self.rules = default_rules()
 
@@ -163,8 +163,7 @@ class AnalysisService:
                        conclusion=conclusion(result.top3, assessed.priority, assessed.priority_reasons,
                                              unusual_film=assessed.unusual_film)),
                 actor="system")
-            if self.push_enabled:
-                enqueue_delivery(s, report)
+            enqueue_deliveries(s, report, self.destinations)
             study = StudyRepository(s).update(study.id, {"status": StudyStatus.ANALYZED}, actor="system")
             projection.study(s, study)
             projection.results(s, study, analysis, report)

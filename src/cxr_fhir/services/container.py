@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
+from ..domain.vocabulary import Destination
 from ..settings import Settings
 from ..storage.image_store import ImageStore
 from .analysis import AnalysisService
@@ -33,16 +34,18 @@ class Services:
     reports: ReportService = field(init=False)
     studies: StudyService = field(init=False)
     outbox: OutboxService = field(init=False)
+    destinations: tuple[Destination, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.destinations = tuple(Destination(name) for name in self.settings.destinations)
         self.patients = PatientService(self.settings.hospital_mrn_system)
-        self.reports = ReportService(self.settings.ehr_push_enabled)
-        self.studies = StudyService(self.settings.ehr_push_enabled)
+        self.reports = ReportService(self.destinations)
+        self.studies = StudyService(self.destinations)
         self.outbox = OutboxService(self.engine)
 
     def analysis(self) -> AnalysisService:
         """The upload use case as the pages and $analyze run it (models loaded: check before)."""
         if self.models is None:
             raise RuntimeError("the models are not loaded")
-        return AnalysisService(self.engine, self.images, self.models, self.settings.ehr_push_enabled,
+        return AnalysisService(self.engine, self.images, self.models, self.destinations,
                                self.settings.max_image_pixels, self.queue, self.patients)

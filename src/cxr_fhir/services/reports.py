@@ -1,17 +1,19 @@
 """A doctor's decisions on a result: confirm or amend the report, delete a study.
 
-Every change that the EHR must learn about writes its outbox row in the same transaction as the
-change itself, so a crash can never leave a changed report that is not queued for delivery.
+Every change that the EHR (and the PACS, the RIS) must learn about writes its outbox rows in the
+same transaction as the change itself, so a crash can never leave a changed report that is not
+queued for delivery.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlmodel import Session
 
 from ..domain.errors import BusinessRule
-from ..domain.vocabulary import ReportStatus
+from ..domain.vocabulary import Destination, ReportStatus
 from ..records.tables import OutboxDelivery, Report, Study
 from ..records.types import utcnow
 from ..storage.fhir import projection
@@ -22,19 +24,33 @@ class ReportStateError(BusinessRule):
     """The change is not allowed from the report's current status."""
 
 
-def enqueue_delivery(session: Session, report: Report) -> OutboxDelivery:
-    """Queue this version of the report for the EHR (call inside the report's transaction)."""
-    row = OutboxDelivery(report_id=report.id, report_version=report.version_id)
+def enqueue_delivery(session: Session, report: Report, destination: Destination = Destination.EHR) -> OutboxDelivery:
+    """Queue this version of the report for one destination (call inside the report's transaction)."""
+    row = OutboxDelivery(report_id=report.id, report_version=report.version_id, destination=destination)
     session.add(row)
     session.flush()
     return row
 
 
+def enqueue_deliveries(session: Session, report: Report, destinations: Collection[Destination]) -> list[OutboxDelivery]:
+    """Queue this version for every configured destination that should hear of it. The PACS hears
+    only of studies that came as DICOM (its SR and Secondary Capture refer to the instance it
+    holds), and not of a cancelled report (a deleted study: DICOM has no retraction to send)."""
+    rows = []
+    for destination in destinations:
+        if destination == Destination.PACS:
+            study = session.get(Study, report.study_id)
+            if study is None or study.media_type != "application/dicom" or report.status == ReportStatus.CANCELLED:
+                continue
+        rows.append(enqueue_delivery(session, report, destination))
+    return rows
+
+
 class ReportService:
     """Confirm and amend reports, inside the caller's unit of work (``writing``)."""
 
-    def __init__(self, push_enabled: bool):
-        self.push_enabled = push_enabled
+    def __init__(self, destinations: Collection[Destination]):
+        self.destinations = tuple(destinations)
 
     def confirm(self, s: Session, report_id: str, actor: str, conclusion: str | None = None,
                 expected_version: int | None = None) -> Report:
@@ -62,16 +78,15 @@ class ReportService:
               expected_version: int | None) -> Report:
         report = ReportRepository(s).update(report_id, changes, actor=actor, expected_version=expected_version)
         projection.report(s, report)
-        if self.push_enabled:
-            enqueue_delivery(s, report)
+        enqueue_deliveries(s, report, self.destinations)
         return report
 
 
 class StudyService:
     """Delete a study (logically), inside the caller's unit of work (``writing``)."""
 
-    def __init__(self, push_enabled: bool):
-        self.push_enabled = push_enabled
+    def __init__(self, destinations: Collection[Destination]):
+        self.destinations = tuple(destinations)
 
     def delete(self, s: Session, study_id: str, actor: str, expected_version: int | None = None) -> Study:
         """The study and its report leave the lists but stay in history and audit. A report
@@ -83,8 +98,7 @@ class StudyService:
         if report is not None and report.status != ReportStatus.CANCELLED:
             report = reports.update(report.id, {"status": ReportStatus.CANCELLED}, actor=actor)
             projection.report(s, report)
-            if self.push_enabled:
-                enqueue_delivery(s, report)
+            enqueue_deliveries(s, report, self.destinations)
         return study
 
 

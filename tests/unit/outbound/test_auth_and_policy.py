@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cxr_fhir.ehr.auth import ASSERTION_TYPE, BearerAuth, SmartBackendAuth, from_settings
-from cxr_fhir.ehr.client import outcome_text, retry_after
-from cxr_fhir.ehr.errors import AuthError
-from cxr_fhir.ehr.worker import Policy
+from cxr_fhir.outbound.ehr_auth import ASSERTION_TYPE, BearerAuth, SmartBackendAuth, from_settings
+from cxr_fhir.outbound.ehr_client import outcome_text, retry_after
+from cxr_fhir.outbound.errors import AuthError
+from cxr_fhir.outbound.worker import Policy
 from cxr_fhir.settings import Settings
 
 

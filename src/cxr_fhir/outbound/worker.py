@@ -40,10 +40,10 @@ from ..settings import Settings
 from ..storage.db import writing
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
-from .client import EhrClient, TransactionResult
+from .ehr_client import EhrClient, TransactionResult
 from .errors import DeliveryError, PermanentError, TransientError
 
-log = logging.getLogger("cxr_fhir.ehr.worker")
+log = logging.getLogger("cxr_fhir.outbound.worker")
 
 
 @dataclass

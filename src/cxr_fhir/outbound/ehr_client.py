@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from .auth import Auth, from_settings
+from .ehr_auth import Auth, from_settings
 from .errors import AuthError, PermanentError, TransientError
 
 FHIR_JSON = "application/fhir+json"
