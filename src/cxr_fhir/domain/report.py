@@ -35,3 +35,16 @@ def conclusion(top3: Sequence[Finding | Mapping[str, Any]], priority: str, reaso
     why = f" ({', '.join(reasons)})" if reasons else ""
     caution = f"{UNUSUAL_FILM} " if unusual_film else ""
     return f"{caution}{head} Triage priority: {priority.upper()}{why}. {DISCLAIMER}"
+
+
+def reported_findings(top3: Sequence[Mapping[str, Any]], probabilities: Mapping[str, float],
+                      thresholds: Mapping[str, float]) -> list[Finding]:
+    """What a report states finding by finding (DICOM SR groups, HL7 OBX): the top three, as the FHIR
+    Observations do, plus every other finding at or above its threshold, so no positive is dropped.
+    Highest probability first."""
+    out = {str(t["finding"]): Finding.from_dict(t) for t in top3}
+    for name, p in probabilities.items():
+        threshold = thresholds.get(name)
+        if name not in out and threshold is not None and p >= threshold:
+            out[name] = Finding(name, round(float(p), 4), round(float(threshold), 4), True)
+    return sorted(out.values(), key=lambda f: -f.probability)
