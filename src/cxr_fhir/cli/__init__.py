@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from ..settings import Settings
-from . import accounts, ml, models, service
+from . import accounts, dicom, ml, models, service
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-fhir", description="AI chest X-ray assistant that speaks FHIR R4")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (service, accounts, ml, models):
+    for group in (service, accounts, ml, models, dicom):
         group.register(sub)
     return parser
 

@@ -91,6 +91,7 @@ def _metadata(ds: Any, modality: str) -> dict[str, Any]:
         "view_position": _text(ds, "ViewPosition"),
         "acquired_at": _acquired(ds),
         "patient_id": _text(ds, "PatientID"),
+        "patient_issuer": _text(ds, "IssuerOfPatientID"),  # the PatientID means something only within it
         "patient_name": _text(ds, "PatientName"),
         "patient_birth_date": birth if birth and len(birth) == 8 and birth.isdecimal() else None,
         "patient_sex": {"M": "male", "F": "female", "O": "other"}.get(_text(ds, "PatientSex") or "", None),

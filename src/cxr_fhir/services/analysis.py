@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ..domain.errors import InvalidRequest, Unavailable
@@ -26,7 +27,7 @@ from ..domain.vocabulary import Destination, StudyStatus
 from ..imaging import ImageRejected, XRayImage, load
 from ..records.tables import Analysis, Report, Study
 from ..records.types import utcnow
-from ..storage.db import writing
+from ..storage.db import reading, writing
 from ..storage.fhir import projection
 from ..storage.image_store import ImageStore
 from ..storage.repositories import PatientRepository, ReportRepository, StudyRepository
@@ -97,6 +98,17 @@ class Uploaded:
     study: Study
     analysis: Analysis | None
     report: Report | None
+    # The instance (its SOPInstanceUID) was already filed for this patient: this is that study,
+    # and nothing new was stored. A modality resending, or two nodes sending one film, is one study.
+    duplicate: bool = False
+
+
+class _AlreadyFiled(Exception):
+    """The study row lost the race for its SOPInstanceUID (the partial unique index)."""
+
+    def __init__(self, sop_instance_uid: str):
+        super().__init__(sop_instance_uid)
+        self.sop_instance_uid = sop_instance_uid
 
 
 class AnalysisService:
@@ -114,13 +126,23 @@ class AnalysisService:
         Unavailable (image store or database failing, nothing half-written) or storage
         NotFound/Gone for the patient.
 
-        ``patient_id`` None: the film is DICOM and names its patient (PatientID as the hospital
-        MRN), who is found or registered in the same unit of work as the study; the image is
-        decoded once, here."""
+        ``patient_id`` None: the film is DICOM and names its patient (PatientID within its
+        IssuerOfPatientID, see PatientService.dicom_system), who is found or registered in the same
+        unit of work as the study; the image is
+        decoded once, here.
+
+        Idempotent on SOPInstanceUID: an instance already filed for the same patient returns that
+        study (``duplicate``), before the queue, so a resend costs no analysis."""
         image = load(data, self.max_image_pixels)
+        known = self._already_filed(patient_id, image.metadata)
+        if known is not None:
+            return known
         with self.queue.admitted():
             verdict = self.pipeline.check_plausible(image)
-            study = self._store(patient_id, image, data, filename, actor)
+            try:
+                study = self._store(patient_id, image, data, filename, actor)
+            except _AlreadyFiled as lost:
+                return self._winner(patient_id, image.metadata, lost.sop_instance_uid)
             try:
                 return self._analyse(study, image, verdict)
             except Exception as exc:  # one image's failure must not take the service down
@@ -171,6 +193,40 @@ class AnalysisService:
                                           "ms": assessed.timings_ms.get("total_ms")})
         return Uploaded(study, analysis, report)
 
+    def _already_filed(self, patient_id: str | None, header: dict[str, Any]) -> Uploaded | None:
+        """The living study that already holds this instance for this patient, with its results.
+        Another patient's instance is left to ``_store``, which refuses it (uid-conflict)."""
+        uid = header.get("sop_instance_uid")
+        if not uid:
+            return None
+        with reading(self.engine) as s:
+            study = s.exec(select(Study).where(Study.sop_instance_uid == uid,
+                                               col(Study.deleted_at).is_(None))).first()
+            if study is None:
+                return None
+            if patient_id is None:
+                owner = self.patients.find_dicom(s, header) if self.patients is not None else None
+                patient_id = owner.id if owner is not None else None
+            if study.patient_id != patient_id:
+                return None
+            analysis = s.exec(select(Analysis).where(Analysis.study_id == study.id)
+                              .order_by(col(Analysis.created_at).desc())).first()
+            report = ReportRepository(s).for_study(study.id)
+        log.info("instance already filed", extra={"study": study.id})
+        return Uploaded(study, analysis, report, duplicate=True)
+
+    def _winner(self, patient_id: str | None, header: dict[str, Any], uid: str) -> Uploaded:
+        """After losing the insert race: the study that won it (committed, so now visible)."""
+        won = self._already_filed(patient_id, header)
+        if won is not None:
+            return won
+        with reading(self.engine) as s:
+            if s.exec(select(Study.id).where(Study.sop_instance_uid == uid,
+                                             col(Study.deleted_at).is_(None))).first() is not None:
+                raise ImageRejected("uid-conflict", f"the film's SOPInstanceUID {uid} belongs to another "
+                                                    "patient's study; check the patient's identity")
+        raise Unavailable("the instance was filed and removed meanwhile; send it again")
+
     def _mark_failed(self, study: Study, reason: str) -> Study:
         """Best effort: a study deleted meanwhile, or a database that is down, keeps its last state
         (a start-up sweep is to mark studies left 'analyzing' as failed)."""
@@ -201,7 +257,7 @@ class AnalysisService:
                 log.error("image store write failed", extra={"error": type(exc).__name__})
                 raise Unavailable(f"the image store cannot be written ({exc.strerror or type(exc).__name__})") \
                     from exc
-            study = StudyRepository(s).create(Study(
+            row = Study(
                 patient_id=patient_id, content_sha256=digest, original_filename=(filename or "")[:255] or None,
                 media_type=image.media_type, size_bytes=len(data),
                 # PNG/JPEG uploads get DICOM UIDs of their own, so every study can be
@@ -212,7 +268,15 @@ class AnalysisService:
                 accession_number=md.get("accession_number"),
                 modality=md.get("modality") or "DX", view_position=md.get("view_position"),
                 acquired_at=md.get("acquired_at"), width=image.width, height=image.height,
-                status=StudyStatus.QUEUED, identity_warning=warning, uploaded_by=actor), actor=actor)
+                status=StudyStatus.QUEUED, identity_warning=warning, uploaded_by=actor)
+            try:
+                with s.begin_nested():
+                    study = StudyRepository(s).create(row, actor=actor)
+            except IntegrityError:
+                if not md.get("sop_instance_uid"):
+                    raise
+                # Another door filed this instance a moment ago (unique index among living studies).
+                raise _AlreadyFiled(md["sop_instance_uid"]) from None
             projection.study(s, study)
             return study
 

@@ -7,6 +7,7 @@ field and a FHIR client gets them as OperationOutcome issues with an expression.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -21,6 +22,8 @@ from ..storage.fhir import projection
 from ..storage.repositories import PatientRepository
 
 GENDERS = ("male", "female", "other", "unknown")
+# The identifier system of a PatientID whose IssuerOfPatientID names no system we were told of.
+ISSUER_SYSTEM_PREFIX = "urn:cxr-fhir:issuer:"
 
 
 class PatientInvalid(Invalid):
@@ -92,8 +95,23 @@ class PatientService:
     """The patient registry. Each method works inside the caller's unit of work (``writing``), so
     a FHIR transaction can register a patient and file a study under it atomically."""
 
-    def __init__(self, default_mrn_system: str):
+    def __init__(self, default_mrn_system: str, issuer_systems: Mapping[str, str] | None = None):
+        """``issuer_systems``: IssuerOfPatientID -> identifier system, for issuers whose system is
+        known (e.g. the hospital's own issuer -> its MRN system); others get ISSUER_SYSTEM_PREFIX."""
         self.default_mrn_system = default_mrn_system
+        self.issuer_systems = dict(issuer_systems or {})
+
+    def dicom_system(self, issuer: str | None) -> str:
+        """The identifier system of a DICOM PatientID: an MRN means something only within its
+        issuer, so the same PatientID from two issuers is two patients. No issuer: the hospital's."""
+        if not issuer:
+            return self.default_mrn_system
+        return self.issuer_systems.get(issuer) or ISSUER_SYSTEM_PREFIX + issuer
+
+    def find_dicom(self, s: Session, header: Mapping[str, Any]) -> Patient | None:
+        """The registered patient a DICOM header names (PatientID + IssuerOfPatientID), if any."""
+        mrn = header.get("patient_id")
+        return PatientRepository(s).by_mrn(mrn, self.dicom_system(header.get("patient_issuer"))) if mrn else None
 
     def register(self, s: Session, data: PatientInput, actor: str, fhir_extra: dict[str, Any] | None = None,
                  patient_id: str | None = None) -> Patient:
@@ -128,13 +146,14 @@ class PatientService:
         projection.deleted(s, "Patient", row.id, row.version_id, row.updated_at)
         return row
 
-    def from_dicom(self, s: Session, header: dict[str, Any], actor: str) -> Patient:
-        """The patient a DICOM film names (PatientID as the hospital MRN), registered from its
-        header when unknown."""
+    def from_dicom(self, s: Session, header: Mapping[str, Any], actor: str) -> Patient:
+        """The patient a DICOM film names (PatientID within IssuerOfPatientID), registered from
+        its header when unknown. Two films of a new patient arriving at once register it once:
+        the loser of the unique MRN index takes the winner's row."""
         mrn = header.get("patient_id")
         if not mrn:
             raise InvalidRequest("the DICOM image has no PatientID; give a subject")
-        existing = PatientRepository(s).by_mrn(mrn, self.default_mrn_system)
+        existing = self.find_dicom(s, header)
         if existing is not None:
             return existing
         family, _, given = (header.get("patient_name") or "Unknown").partition("^")
@@ -144,10 +163,16 @@ class PatientService:
         except ValueError:
             born = None
         data = PatientInput(family=family or "Unknown", given=given.replace("^", " ").strip(), mrn=mrn,
-                            mrn_system=self.default_mrn_system, sex=header.get("patient_sex") or "unknown",
-                            birth_date=born)
+                            mrn_system=self.dicom_system(header.get("patient_issuer")),
+                            sex=header.get("patient_sex") or "unknown", birth_date=born)
         try:
-            return self.register(s, data, actor)
+            with s.begin_nested():  # a savepoint: losing the race must not spoil the caller's unit of work
+                return self.register(s, data, actor)
+        except DuplicateMrn:
+            winner = self.find_dicom(s, header)
+            if winner is None:
+                raise
+            return winner
         except PatientInvalid as exc:
             raise Invalid(f"cannot register the DICOM patient: {exc}") from exc
 

@@ -1,0 +1,5 @@
+"""The DIMSE adapter: a DICOM Storage SCP that files each received instance as an upload."""
+
+from .scp import StorageSCP
+
+__all__ = ["StorageSCP"]
