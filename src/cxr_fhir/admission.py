@@ -3,7 +3,7 @@
 A request that may carry a body is, before a byte of that body is read:
 
 1. classified by its route, which gives the most it may send (``Admission.limit_for``);
-2. authenticated: a valid bearer token under /fhir, a valid session cookie on the pages (``/login``
+2. authenticated: a valid bearer token under /fhir and /dicomweb, a valid session cookie on the pages (``/login``
    and ``/logout`` excepted). An unauthenticated request still goes on to the app, which answers
    it as it always has (the FHIR guard's 401 and its audit event, the CSRF 403, the login
    redirect), but with an empty body: what the client sends is never read, and the connection is
@@ -34,6 +34,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.engine import Engine
 
+from .api.dicomweb import is_dicomweb, stow_limit
 from .api.fhir.errors import FhirError
 from .api.fhir.guard import CLIENT_STATE_KEY
 from .api.fhir.negotiation import FHIR_JSON, SECURITY_HEADERS
@@ -83,12 +84,15 @@ def _client_for(engine: Engine, token: str) -> ApiClient | None:
 
 class Admission:
     def __init__(self, app: ASGIApp, engine: Engine, max_upload_bytes: int,
-                 body_timeout_s: float = BODY_TIMEOUT_S):
+                 body_timeout_s: float = BODY_TIMEOUT_S, *, dicom_max_instance_bytes: int = 100 * MIB):
         self.app, self.engine, self.body_timeout_s = app, engine, body_timeout_s
+        self.stow_limit = stow_limit(dicom_max_instance_bytes)  # POST /dicomweb/studies: STOW-RS
         self.analyze_limit = int(max_upload_bytes * 1.4) + 64 * KIB  # base64 in a Parameters resource
         self.upload_limit = max_upload_bytes * UPLOAD_FILES + MIB
 
     def limit_for(self, method: str, path: str) -> int:
+        if is_dicomweb(path):
+            return self.stow_limit
         if is_fhir(path):
             if ANALYZE.match(path):
                 return self.analyze_limit
@@ -102,10 +106,11 @@ class Admission:
         return FORM_LIMIT
 
     async def authenticated(self, scope: Scope, path: str) -> bool:
-        """A valid bearer token under /fhir, a valid session on the pages (none needed to log in or out)."""
+        """A valid bearer token under /fhir and /dicomweb, a valid session on the pages (none needed to
+        log in or out)."""
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
         try:
-            if is_fhir(path):
+            if is_fhir(path) or is_dicomweb(path):
                 scheme, _, token = connection.headers.get("authorization", "").partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     return False
@@ -197,6 +202,9 @@ class _Exchange:
             code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
             body = json.dumps(FhirError(status, text, code).outcome()).encode()
             ctype = FHIR_JSON.encode()
+        elif is_dicomweb(self.path):  # as the DICOMweb routes answer their own errors
+            body = json.dumps({"detail": text, "status_code": status}).encode()
+            ctype = b"application/json"
         else:
             body = f'<!doctype html><title>Error {status}</title><p class="error">{html.escape(text)}</p>'.encode()
             ctype = b"text/html; charset=utf-8"
