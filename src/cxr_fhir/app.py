@@ -21,7 +21,9 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import text
 
 from .admission import BODY_TIMEOUT_S, GONE_KEY, Admission
+from .api.dicomweb import dicomweb_router
 from .api.fhir.routes import fhir_error_response, fhir_router, is_fhir_path
+from .domain.vocabulary import Destination
 from .services.analysis import AnalysisService
 from .services.container import Services
 from .services.queue import InferenceQueue
@@ -63,7 +65,9 @@ def ready(state: State) -> Response[dict[str, Any]]:
                           else "disabled: CXR_EHR_BASE_URL is not set")
     if services.settings.ehr_push_enabled and checks["migrations"] == "ok":
         # Information, not a readiness condition: a backlog means the EHR is slow, not that we are.
-        checks["ehr_outbox"] = services.outbox.backlog()
+        checks["ehr_outbox"] = services.outbox.backlog(Destination.EHR)
+    if services.settings.destinations and checks["migrations"] == "ok":
+        checks["outbox"] = {d: services.outbox.backlog(Destination(d)) for d in services.settings.destinations}
     ok = (checks["database"] == "ok" and checks["migrations"] == "ok"
           and (checks["models"] == "ok" or not services.settings.load_models))
     return Response({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
@@ -168,25 +172,33 @@ def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) ->
             load_models(services)
         sweeper = asyncio.create_task(_sweep_interrupted(services))
         worker = None
-        if settings.ehr_push_enabled:
+        if settings.destinations:  # one outbox worker for the EHR, the PACS and the RIS, as configured
+            from .outbound.senders import build_senders
             from .outbound.worker import start_in_thread
-            worker = start_in_thread(services.engine, services.images, settings)
+            worker = start_in_thread(services.engine, services.images, settings, build_senders(settings))
+        scp = None
+        if settings.dicom_listen:  # the DICOM Storage SCP beside the web (models missing: it answers 0xA702)
+            from .dimse import StorageSCP
+            scp = StorageSCP(services).start()
         try:
             yield
         finally:
+            if scp is not None:
+                scp.stop()
             sweeper.cancel()
             if worker is not None:
-                thread, stop, ehr_worker = worker
+                thread, stop, outbox_worker = worker
                 stop.set()
-                thread.join(timeout=settings.ehr_timeout_s + 5)
-                ehr_worker.client.close()
+                thread.join(timeout=max(settings.ehr_timeout_s, settings.pacs_timeout_s, settings.ris_timeout_s) + 5)
+                outbox_worker.close()
             services.engine.dispose()
 
     from .web import web_config  # the doctor's pages (templates, CSRF and error pages scoped to them)
 
     web = web_config(settings, api_errors=_app_errors)
     app = Litestar(
-        route_handlers=[health, ready, fhir_router(settings.max_upload_bytes), *web.route_handlers],
+        route_handlers=[health, ready, fhir_router(settings.max_upload_bytes),
+                        dicomweb_router(settings.dicom_max_instance_bytes), *web.route_handlers],
         template_config=web.template_config, csrf_config=web.csrf_config,
         exception_handlers=web.exception_handlers,
         state=State({"services": services}),
@@ -200,7 +212,8 @@ def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) ->
     # the admission of request bodies (authentication and size limits per route), then the access
     # log, which thus records the status actually sent.
     app.asgi_handler = _access_log(Admission(app.asgi_handler, services.engine, settings.max_upload_bytes,
-                                             body_timeout_s))
+                                             body_timeout_s,
+                                             dicom_max_instance_bytes=settings.dicom_max_instance_bytes))
     if settings.cookies_secure:
         app.asgi_handler = _strict_transport(app.asgi_handler)
     return app

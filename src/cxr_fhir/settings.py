@@ -52,6 +52,9 @@ class Settings(BaseSettings):
                                                                "associate, each optionally AE@address; empty: none")
     dicom_max_instance_bytes: int = Field(default=100 * 1024 * 1024, gt=0,
                                           description="Largest instance taken by C-STORE or STOW-RS")
+    dicom_local_issuers: str = Field(default="", description="Comma-separated IssuerOfPatientID values that mean "
+                                                             "the hospital's own MRN (hospital_mrn_system); other "
+                                                             "issuers get urn:cxr-fhir:issuer:<issuer>")
     # DICOM out: the PACS destination of the SR and the Secondary Capture (one of the two ways).
     pacs_ae_title: str | None = Field(default=None, max_length=16, description="PACS AE title (C-STORE SCU)")
     pacs_host: str | None = Field(default=None, description="PACS address (C-STORE SCU)")

@@ -54,18 +54,20 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
     from ..logs import configure_logging
-    from ..outbound.ehr_client import EhrClient
+    from ..outbound.senders import build_senders
     from ..outbound.worker import DeliveryWorker, Policy
     from ..storage.db import make_engine
     from ..storage.image_store import ImageStore
 
     configure_logging(settings.log_level)
-    if not settings.ehr_push_enabled:
-        print("error: EHR push is disabled: set CXR_EHR_BASE_URL", file=sys.stderr)
+    senders = build_senders(settings)
+    if not senders:
+        print("error: no destination is configured: set CXR_EHR_BASE_URL, the PACS (CXR_PACS_AE_TITLE, "
+              "CXR_PACS_HOST, CXR_PACS_PORT or CXR_PACS_STOW_URL) or the RIS (CXR_RIS_MLLP_HOST, "
+              "CXR_RIS_MLLP_PORT)", file=sys.stderr)
         return 2
     worker = DeliveryWorker(make_engine(settings.effective_database_url),
-                            ImageStore(settings.effective_image_store_dir),
-                            EhrClient.from_settings(settings), Policy.from_settings(settings))
+                            ImageStore(settings.effective_image_store_dir), senders, Policy.from_settings(settings))
     try:
         if args.once:
             print(f"handled {worker.drain()} deliveries")
@@ -75,7 +77,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(sig, lambda *_: stop.set())
         worker.run(stop)
     finally:
-        worker.client.close()
+        worker.close()
     return 0
 
 
@@ -93,11 +95,11 @@ def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         print(f"queued {row.id} (report {row.report_id} version {row.report_version}) for delivery now")
         return 0
-    print("id\treport\tversion\tstatus\tattempts\tnext attempt / delivered\treason")
-    for row in service.list(args.status, args.limit):
+    print("id\tdestination\treport\tversion\tstatus\tattempts\tnext attempt / delivered\treason")
+    for row in service.list(args.status, args.limit, args.destination):
         when = {"pending": row.next_attempt_at, "delivered": row.delivered_at}.get(row.status)
         reason = (row.last_error or "").replace("\n", " ")
-        print(f"{row.id}\t{row.report_id}\t{row.report_version}\t{row.status}\t{row.attempts}\t"
+        print(f"{row.id}\t{row.destination}\t{row.report_id}\t{row.report_version}\t{row.status}\t{row.attempts}\t"
               f"{f'{when:%Y-%m-%d %H:%M:%S}' if when else '-'}\t{reason}")
     return 0
 
@@ -126,6 +128,24 @@ def _cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if figures["ok"] else 1
 
 
+def _cmd_loadtest_dicom(args: argparse.Namespace, settings: Settings) -> int:
+    from ..loadtest import LoadTestError
+    from ..loadtest.dicom_roundtrip import RoundTripConfig, run, summary, write_json
+
+    cfg = RoundTripConfig(orthanc_url=args.orthanc_url, orthanc_host=args.orthanc_host, orthanc_port=args.orthanc_port,
+                          orthanc_ae=args.orthanc_ae, calling_ae=args.calling_ae, films=tuple(args.films),
+                          count=args.count, timeout_s=args.timeout, require_sc=not args.sr_only)
+    try:
+        figures = run(cfg, log=lambda m: print(m, flush=True))
+    except LoadTestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(figures, args.json)
+    print(summary(figures), flush=True)
+    return 0 if figures["ok"] else 1
+
+
 
 
 def register(sub: Any) -> None:
@@ -138,14 +158,16 @@ def register(sub: Any) -> None:
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply pending migrations (idempotent)").set_defaults(func=_cmd_db_upgrade)
 
-    worker = sub.add_parser("worker", help="deliver queued reports to the EHR (also runs inside serve)")
+    worker = sub.add_parser("worker", help="deliver queued reports to the EHR, the PACS and the RIS, as configured "
+                                           "(also runs inside serve)")
     worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     worker.set_defaults(func=_cmd_worker)
 
-    outbox = sub.add_parser("outbox", help="EHR deliveries: list, retry")
+    outbox = sub.add_parser("outbox", help="deliveries to the EHR, the PACS and the RIS: list, retry")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
-    o_list = outbox_sub.add_parser("list", help="newest first, with the EHR's reason for failures")
+    o_list = outbox_sub.add_parser("list", help="newest first, with the destination's reason for failures")
     o_list.add_argument("--status", choices=["pending", "delivered", "dead"])
+    o_list.add_argument("--destination", choices=["ehr", "pacs", "ris"])
     o_list.add_argument("--limit", type=int, default=100)
     o_retry = outbox_sub.add_parser("retry", help="queue a failed delivery for an attempt now")
     o_retry.add_argument("id")
@@ -163,3 +185,17 @@ def register(sub: Any) -> None:
     lt.add_argument("--max-retries", type=int, default=200, help="503 retries per upload before it is an error")
     lt.add_argument("--json", metavar="OUT", help="write the figures here")
     lt.set_defaults(func=_cmd_loadtest)
+
+    ltd = sub.add_parser("loadtest-dicom", help="films by C-STORE to a PACS (Orthanc) that routes them to a running "
+                                                "cxr-fhir; time from C-STORE to the SR stored back in the PACS")
+    ltd.add_argument("--orthanc-url", default="http://127.0.0.1:8042", help="Orthanc REST API (user:pass@ if needed)")
+    ltd.add_argument("--orthanc-host", default="127.0.0.1", help="Orthanc DICOM address")
+    ltd.add_argument("--orthanc-port", type=int, default=4242, help="Orthanc DICOM port")
+    ltd.add_argument("--orthanc-ae", default="ORTHANC", help="Orthanc AE title (called AE)")
+    ltd.add_argument("--calling-ae", default="MODALITY", help="our AE title as the modality")
+    ltd.add_argument("--films", nargs="+", required=True, metavar="DIR_OR_FILE", help="DX/CR DICOM or PNG films")
+    ltd.add_argument("--count", type=int, default=20, help="films sent, one at a time, cycling through those given")
+    ltd.add_argument("--timeout", type=float, default=300.0, help="seconds per film for its results to arrive")
+    ltd.add_argument("--sr-only", action="store_true", help="do not wait for the Secondary Capture")
+    ltd.add_argument("--json", metavar="OUT", help="write the figures here")
+    ltd.set_defaults(func=_cmd_loadtest_dicom)

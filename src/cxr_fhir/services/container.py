@@ -38,7 +38,8 @@ class Services:
 
     def __post_init__(self) -> None:
         self.destinations = tuple(Destination(name) for name in self.settings.destinations)
-        self.patients = PatientService(self.settings.hospital_mrn_system)
+        local = {i.strip(): self.settings.hospital_mrn_system for i in self.settings.dicom_local_issuers.split(",")}
+        self.patients = PatientService(self.settings.hospital_mrn_system, {k: v for k, v in local.items() if k})
         self.reports = ReportService(self.destinations)
         self.studies = StudyService(self.destinations)
         self.outbox = OutboxService(self.engine)

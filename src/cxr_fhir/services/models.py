@@ -36,3 +36,13 @@ def overview(weights_dir: Path, pipeline: Pipeline | None) -> ModelOverview:
     thresholds = pipeline.thresholds if pipeline is not None else dict(classifier.get("thresholds", {}))
     return ModelOverview(card=card, classifier=classifier, detector=manifest.get("detector"), thresholds=thresholds,
                          manifest_error=error, loaded=pipeline.model_info if pipeline is not None else None)
+
+
+def not_for_diagnostic_use(weights_dir: Path) -> bool:
+    """Whether objects sent to a PACS must say "not for diagnostic use". Only a manifest that says
+    ``"diagnostic_use": true`` (weights cleared for diagnosis) lifts it; the shipped weights' card says
+    "Not a medical device. Not for clinical use", and a missing or unreadable manifest is no clearance."""
+    try:
+        return read_manifest(weights_dir).get("diagnostic_use") is not True
+    except Exception:  # no manifest: nothing says these weights may be used for diagnosis
+        return True

@@ -149,7 +149,7 @@ class AdminController(Controller):
     @post("/deliveries/{outbox_id:str}/retry", sync_to_thread=True)
     def retry_delivery(self, request: Request, services: ServicesDep, outbox_id: FromPath[str], data: Form) -> Template:
         status = data.get("status") or ""
-        if not services.settings.ehr_push_enabled:
+        if not services.settings.destinations:  # the EHR, the PACS, the RIS: none is configured
             return self._deliveries_page(request, status, 409, "EHR push is disabled on this server: "
                                                                 "nothing can be sent.", bad=True)
         try:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from ..domain.vocabulary import DeliveryStatus, StudyStatus
+from ..domain.vocabulary import DeliveryStatus, Destination, StudyStatus
 from ..records.tables import Analysis, OutboxDelivery, Patient, Report, Study
 from ..records.types import utcnow
 from ..storage.db import reading
@@ -60,7 +60,8 @@ def _delivery_states(s: Session, report_ids: list[str]) -> dict[str, str]:
         return {}
     found: dict[str, str] = {}
     for report_id, status in s.exec(select(OutboxDelivery.report_id, OutboxDelivery.status)
-                                    .where(col(OutboxDelivery.report_id).in_(report_ids))
+                                    .where(col(OutboxDelivery.report_id).in_(report_ids),
+                                           col(OutboxDelivery.destination) == Destination.EHR)  # the EHR badge
                                     .order_by(col(OutboxDelivery.report_version), col(OutboxDelivery.created_at))):
         found[report_id] = status  # the newest wins
     return found

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from ...domain.vocabulary import Destination
 from ...fhir.mapping import EHR_DELIVERY_STATUS_URL, FHIR_CODE
 from ...records.tables import OutboxDelivery
 
@@ -28,7 +29,8 @@ def newest_statuses(s: Session, report_ids: Iterable[str]) -> dict[str, str]:
                                   order_by=(col(OutboxDelivery.report_version).desc(),
                                             col(OutboxDelivery.created_at).desc())).label("newest_rank")
     ranked = (select(col(OutboxDelivery.report_id), col(OutboxDelivery.status), rank)
-              .where(col(OutboxDelivery.report_id).in_(ids)).subquery())
+              .where(col(OutboxDelivery.report_id).in_(ids),
+                     col(OutboxDelivery.destination) == Destination.EHR).subquery())  # the EHR's only
     return dict(s.execute(select(ranked.c.report_id, ranked.c.status).where(ranked.c.newest_rank == 1)).all())
 
 
