@@ -177,12 +177,12 @@ def create_app(settings: Settings, *, body_timeout_s: float = BODY_TIMEOUT_S) ->
             from .outbound.worker import start_in_thread
             worker = start_in_thread(services.engine, services.images, settings, build_senders(settings))
         scp = None
-        if settings.dicom_listen:  # the DICOM Storage SCP beside the web (models missing: it answers 0xA702)
-            from .dimse import StorageSCP
-            scp = StorageSCP(services).start()
         try:
+            if settings.dicom_listen:  # the DICOM Storage SCP beside the web (models missing: it answers 0xA700)
+                from .dimse import StorageSCP
+                scp = StorageSCP(services).start()
             yield
-        finally:
+        finally:  # also when the listener cannot start (port taken): the worker must not outlive the app
             if scp is not None:
                 scp.stop()
             sweeper.cancel()

@@ -153,7 +153,7 @@ def test_bad_instances_are_refused_audited_and_store_nothing(tmp_path, pipeline,
         ("CT", non_chest(png, tmp_path / "ct.dcm", patient_id="MRN-2"), False, 0xC010, "CT is not a radiograph"),
         ("multi-frame", multiframe(png, tmp_path / "mf.dcm", patient_id="MRN-2", syntax="jpeg-lossless"), False,
          0xA900, "multi-frame"),
-        ("over the limit", big, False, 0xA701, "exceeds the limit"),
+        ("over the limit", big, False, 0xC040, "exceeds the limit"),
     ]
     # A 1 MB limit, so "over the limit" needs no 200 MB file (the check is the same).
     with running_scp(tmp_path / "var", pipeline, max_instance_bytes=1_000_000) as (server, services):
@@ -165,7 +165,7 @@ def test_bad_instances_are_refused_audited_and_store_nothing(tmp_path, pipeline,
         assert count(services.engine) == 0 and image_files(services) == []
         rows = audit_rows(services.engine, "dicom-store")
         assert [r.outcome for r in rows] == ["4"] * len(cases)
-        assert [r.detail.split(" ")[0] for r in rows] == ["0xC001", "0xC010", "0xA900", "0xA701"]
+        assert [r.detail.split(" ")[0] for r in rows] == ["0xC001", "0xC010", "0xA900", "0xC040"]
         assert {r.agent_id for r in rows} == {"dicom:PYSCU"}
         assert rows[-1].detail.endswith(f"(SOPInstanceUID={read_uids(big)['sop']})")
         assert echoscu(server.port).returncode == 0

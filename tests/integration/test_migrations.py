@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -97,4 +98,36 @@ def test_0002_keeps_the_heatmap_reference_of_existing_analyses(db_url):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             tables = [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")]
             assert not [t for t in tables if t.startswith("_alembic_tmp")]
+    engine.dispose()
+
+
+def test_0008_resolves_earlier_copies_of_one_instance_before_its_unique_index(db_url):
+    """Before 0008 one DICOM file uploaded twice made two living studies; the upgrade keeps the
+    first, retires the copy logically, and then enforces one living study per SOP Instance UID."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007_unusual_film")
+    insert = ("INSERT INTO study (id, patient_id, content_sha256, media_type, size_bytes, status, sop_instance_uid, "
+              "version_id, created_at, updated_at, identity_warning) VALUES (:id, 'p1', :h, 'application/dicom', 1, "
+              "'analyzed', '1.2.3.4', 1, :t, :t, NULL)")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO patient (id, mrn, mrn_system, family, given, sex, version_id, created_at, "
+                          "updated_at) VALUES ('p1', 'M1', 's', 'Doe', 'J', 'female', 1, :t, :t)"),
+                     {"t": "2026-01-01 00:00:00+00:00"})
+        conn.execute(text(insert), {"id": "first", "h": "a" * 64, "t": "2026-01-01 00:00:00+00:00"})
+        conn.execute(text(insert), {"id": "copy", "h": "a" * 64, "t": "2026-01-02 00:00:00+00:00"})
+    migrate.upgrade(engine, MIGRATIONS)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT id, deleted_by FROM study ORDER BY id")).all())
+    assert rows["first"] is None and rows["copy"].startswith("migration 0008")
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.execute(text(insert), {"id": "third", "h": "b" * 64, "t": "2026-01-03 00:00:00+00:00"})
     engine.dispose()

@@ -295,6 +295,17 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(node):
     assert head.startswith("HTTP/1.1 413"), head[:200]
 
 
+def test_a_token_that_may_not_store_is_403_before_the_body_is_read(node):
+    """Within the size limit, but the scopes say no: answered without waiting for a byte of body, so
+    such a token cannot make the server buffer a large request first."""
+    host, port = node.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall((f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {node.wrong}\r\n"
+                      f"Content-Type: {STOW_TYPE}\r\nContent-Length: {MAX_INSTANCE * 5}\r\n\r\n").encode())
+        head = sock.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 403"), head[:200]
+
+
 # --- no server needed: the framing and the refusal table ------------------------------------------
 
 

@@ -179,10 +179,10 @@ class StorageSCP:
         event.assoc.kill()  # as pynetdicom's own rejections: waits until the A-ASSOCIATE-RJ is sent
 
     def _on_rejected(self, event: evt.Event) -> None:
-        """Rejections pynetdicom makes itself (too many associations at once)."""
+        """Rejections pynetdicom makes itself (association limit, no acceptable presentation context)."""
         peer = _peer(event)
         self._audit(peer, action="E", subtype="dicom-association", outcome="4",
-                    detail="association rejected (association limit)")
+                    detail="association rejected by the DICOM service")
 
     def _on_echo(self, event: evt.Event) -> int:
         return statuses.SUCCESS

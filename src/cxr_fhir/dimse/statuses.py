@@ -8,7 +8,7 @@ instance already filed is a success (0x0000): idempotent on SOPInstanceUID.
 
 from __future__ import annotations
 
-from ..domain.errors import CxrError, Invalid, InvalidRequest, Unavailable
+from ..domain.errors import CxrError, Invalid, InvalidRequest, TooCostly, Unavailable
 from ..imaging import dicom_status
 from ..imaging.errors import ImageRejected
 
@@ -30,7 +30,7 @@ def for_refusal(exc: CxrError) -> tuple[int, str]:
     """(status, short code) for a refusal the services raised."""
     if isinstance(exc, ImageRejected):
         return dicom_status.refusal_status(exc.code), exc.code
-    if isinstance(exc, Unavailable):  # Saturated is one: the queue is full, send again later
+    if isinstance(exc, Unavailable | TooCostly):  # a full queue, a slow database: send again later
         return dicom_status.refusal_status("busy"), "busy"
     if isinstance(exc, InvalidRequest | Invalid):
         return dicom_status.refusal_status("invalid-header"), "invalid-header"

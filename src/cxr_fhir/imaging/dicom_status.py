@@ -12,7 +12,9 @@ from __future__ import annotations
 # PS3.4 B.2.3 / PS3.7 C: the statuses a storage SCP may answer. Within a range (A7xx, A9xx, Cxxx)
 # the low byte is ours to choose: it tells a PACS administrator which refusal it was.
 OUT_OF_RESOURCES = 0xA700        # Refused: Out of Resources: busy now (queue full, store down), send again
-INSTANCE_TOO_LARGE = 0xA701      # Refused: Out of Resources: over CXR_DICOM_MAX_INSTANCE_BYTES
+# Over CXR_DICOM_MAX_INSTANCE_BYTES: an Error (Cxxx), not Out of Resources (A7xx), because a sender
+# retries A7xx and the same instance would be refused again every time.
+INSTANCE_TOO_LARGE = 0xC040
 TOO_MANY_PIXELS = 0xA702         # Refused: Out of Resources: more pixels than CXR_MAX_IMAGE_PIXELS
 DATASET_MISMATCH = 0xA900        # Error: Data Set does not match SOP Class (A9xx)
 CANNOT_UNDERSTAND = 0xC000       # Error: Cannot understand (Cxxx); the refusals below are its sub-codes

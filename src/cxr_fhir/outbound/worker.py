@@ -40,7 +40,7 @@ from ..records.tables import OutboxDelivery
 from ..records.types import utcnow
 from ..security import audit
 from ..settings import Settings
-from ..storage.db import writing
+from ..storage.db import reading, writing
 from ..storage.image_store import ImageStore
 from .ehr import EhrSender, build_bundle
 from .ehr_client import EhrClient
@@ -187,20 +187,27 @@ class DeliveryWorker:
             row = s.get(OutboxDelivery, row_id)
             if row is None or row.status != DeliveryStatus.PENDING or row.claimed_by != self.worker_id:
                 return row.status if row else "gone"
-            sender = self.senders[row.destination]
+            sender = self.senders[Destination(row.destination)]
             # A newer version queued since the claim wins: never send the older one after it.
             newer = self._newest_version(s, row)
             if newer > row.report_version:
                 self._settle_superseded(s, row, newer)
                 return DeliveryStatus.DELIVERED
-            payload: Any = None
-            try:
-                payload = sender.prepare(s, self.images, row)
-            except DeliveryError as exc:  # the sender itself says what is wrong (and whether it may pass)
-                error = exc
-            except Exception as exc:  # our own data cannot make a payload: no retry will fix it
-                error = PermanentError(f"cannot build the {sender.payload_name}: {type(exc).__name__}: {exc}")
             report_id, attempt = row.report_id, row.attempts + 1
+        # The payload is built in a reading unit: decoding a film and rendering objects must not hold
+        # SQLite's one write lock, which uploads, C-STOREs and the pages wait on. The row stays ours
+        # by its lease meanwhile.
+        payload: Any = None
+        try:
+            with reading(self.engine, timeout_s=None) as s:
+                claimed = s.get(OutboxDelivery, row_id)
+                if claimed is None:
+                    return "gone"
+                payload = sender.prepare(s, self.images, claimed)
+        except DeliveryError as exc:  # the sender itself says what is wrong (and whether it may pass)
+            error = exc
+        except Exception as exc:  # our own data cannot make a payload: no retry will fix it
+            error = PermanentError(f"cannot build the {sender.payload_name}: {type(exc).__name__}: {exc}")
         result = None
         if error is None:
             try:

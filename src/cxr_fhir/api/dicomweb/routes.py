@@ -114,18 +114,36 @@ def _store(request: Request, data: bytes, path_study: str | None) -> Response:
     return Response(payload, status_code=status, headers=headers, media_type=response.DICOM_JSON)
 
 
+def _refuse_early(request: Request) -> Response | None:
+    """The token's scopes, checked before a byte of the body is read: a token that may not store
+    must not make the server buffer up to the request limit first (admission checked the token)."""
+    client: ApiClient | None = None
+    try:
+        client = _client(request)
+        _require_write(client)
+        return None
+    except DicomwebError as exc:
+        audit.record_request(services_of(request).engine, request, client, exc.status, exc.detail)
+        return exc.response()
+
+
+async def _receive(request: Request, path_study: str | None) -> Response:
+    refused = await to_thread.run_sync(lambda: _refuse_early(request))
+    if refused is not None:
+        return refused
+    data = await request.body()
+    answer: Response = await to_thread.run_sync(lambda: _store(request, data, path_study))
+    return answer
+
+
 @post("/studies", exclude_from_csrf=True, include_in_schema=False)
 async def store_instances(request: Request) -> Response:
-    data = await request.body()
-    answer: Response = await to_thread.run_sync(lambda: _store(request, data, None))
-    return answer
+    return await _receive(request, None)
 
 
 @post("/studies/{study_uid:str}", exclude_from_csrf=True, include_in_schema=False)
 async def store_study_instances(request: Request, study_uid: FromPath[str]) -> Response:
-    data = await request.body()
-    answer: Response = await to_thread.run_sync(lambda: _store(request, data, study_uid))
-    return answer
+    return await _receive(request, study_uid)
 
 
 def _errors(request: Request, exc: Exception) -> Response:

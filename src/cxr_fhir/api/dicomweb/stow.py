@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pydicom
 from sqlalchemy.exc import OperationalError
 
-from ...domain.errors import CxrError, Refused, Unavailable
+from ...domain.errors import CxrError, Refused, TooCostly, Unavailable
 from ...imaging.dicom_status import refusal_status, sop_class_supported
 from ...services.container import Services
 from .multipart import DICOM, Part
@@ -79,6 +79,8 @@ def store_one(services: Services, part: Part, actor: str, path_study: str | None
         return _refused(named, exc.code, exc.reason)
     except Unavailable as exc:  # Saturated (the queue is full) or the image store: nothing stored
         return _refused(named, "busy", exc.message, exc.retry_after_s)
+    except TooCostly as exc:  # a query past its time limit: a passing state, the sender may try again
+        return _refused(named, "busy", exc.message, DB_RETRY_AFTER_S)
     except OperationalError:
         log.warning("database error while storing an instance", extra={"part": part.index})
         return _refused(named, "busy", "the database is unavailable", DB_RETRY_AFTER_S)
