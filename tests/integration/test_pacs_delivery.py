@@ -31,6 +31,7 @@ from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from cxr_fhir.storage.repositories import PatientRepository, ReportRepository, StudyRepository
 from support.dicom_films import dx_from_png
+from support.outbox import drain_until, outbox_rows
 from support.reports import MRN_SYSTEM
 from support.server import free_port
 
@@ -141,27 +142,12 @@ def _worker(engine, images, pacs: StorageScp, called_ae: str = PACS_AE, policy: 
     return DeliveryWorker(engine, images, {Destination.PACS: sender}, policy)
 
 
-def _rows(engine) -> list[OutboxDelivery]:
-    with Session(engine) as s:
-        return list(s.exec(select(OutboxDelivery).order_by(OutboxDelivery.created_at)).all())
-
-
-def _drain_until(worker: DeliveryWorker, engine, done, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        worker.drain()
-        if done():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not done: {[(r.status, r.attempts, r.last_error) for r in _rows(engine)]}")
-
-
 def test_sr_and_sc_stored_with_fixed_uids_and_sent_again_as_verified(engine, images, film, pacs):
     report_id, row_id, source = _dicom_report(engine, images, film)
     worker = _worker(engine, images, pacs)
     assert worker.drain() == 1
     sr_uid, sc_uid = object_uid(report_id, 1, "sr"), object_uid(report_id, 1, "sc")
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "delivered", row.last_error
     assert row.ehr_response == {"sop_instance_uids": [sr_uid, sc_uid],
                                 "statuses": {sr_uid: "0x0000", sc_uid: "0x0000"}}
@@ -182,7 +168,7 @@ def test_sr_and_sc_stored_with_fixed_uids_and_sent_again_as_verified(engine, ima
         ReportService([Destination.PACS]).confirm(s, report_id, actor="dr.grey")
     assert worker.drain() == 1
     sr2 = object_uid(report_id, 2, "sr")
-    assert _rows(engine)[-1].status == "delivered" and pacs.received[sr2] == 1
+    assert outbox_rows(engine)[-1].status == "delivered" and pacs.received[sr2] == 1
     assert pacs.stored[sr2].VerificationFlag == "VERIFIED" and sr2 != sr_uid
     assert len(pacs.stored) == 4 and set(pacs.received.values()) == {1}
 
@@ -192,19 +178,19 @@ def test_pacs_down_then_up_and_a_partial_store_each_object_kept_once(engine, ima
     pacs.stop()
     worker = _worker(engine, images, pacs)
     assert worker.drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "pending" and row.attempts == 1 and "association with the PACS" in row.last_error
     pacs.start()
     pacs.script.extend([0x0000, 0xA700])  # the SR is stored, then the PACS runs out of resources for the SC
     time.sleep(0.4)
     assert worker.drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "pending" and "0xA700" in row.last_error
-    _drain_until(worker, engine, lambda: _rows(engine)[0].status == "delivered")
+    drain_until(worker, engine, lambda: outbox_rows(engine)[0].status == "delivered")
     sr_uid, sc_uid = object_uid(report_id, 1, "sr"), object_uid(report_id, 1, "sc")
     # The SR went twice (the retry sends the set again) under its one UID: the PACS holds one of each.
     assert pacs.received == {sr_uid: 2, sc_uid: 2} and set(pacs.stored) == {sr_uid, sc_uid}
-    assert _rows(engine)[0].attempts == 3
+    assert outbox_rows(engine)[0].attempts == 3
 
 
 def test_refused_status_is_dead_lettered_with_the_reason(engine, images, film, pacs):
@@ -214,7 +200,7 @@ def test_refused_status_is_dead_lettered_with_the_reason(engine, images, film, p
     assert worker.drain() == 1
     time.sleep(0.4)
     assert worker.drain() == 0
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     sr_uid = object_uid(report_id, 1, "sr")
     assert row.status == "dead" and row.attempts == 1
     assert f"C-STORE of {sr_uid} failed with status 0xA900" in row.last_error
@@ -228,12 +214,12 @@ def test_warning_is_stored_and_recorded_and_a_rejected_association_is_retried(en
     report_id, row_id, _ = _dicom_report(engine, images, film)
     wrong = _worker(engine, images, pacs, called_ae="NOTTHEPACS")
     assert wrong.drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "pending" and "association with the PACS rejected" in row.last_error
     pacs.script.append(0xB000)  # coercion of data elements: stored, with a warning
     time.sleep(0.4)
     assert _worker(engine, images, pacs).drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     sr_uid = object_uid(report_id, 1, "sr")
     assert row.status == "delivered" and row.ehr_response["warnings"] == {sr_uid: "0xB000"}
     assert len(pacs.stored) == 2
@@ -253,17 +239,17 @@ def test_stow_rs_to_orthanc_down_then_up_and_a_resend_kept_once(tmp_path, engine
                                 Policy(retry_base_s=2, retry_max_s=2, poll_s=0.05))
         pacs.stop()
         assert worker.drain() == 1
-        [row] = _rows(engine)
+        [row] = outbox_rows(engine)
         assert row.status == "pending" and "network error" in row.last_error
         pacs.start()
-        _drain_until(worker, engine, lambda: _rows(engine)[0].status == "delivered")
-        [row] = _rows(engine)
+        drain_until(worker, engine, lambda: outbox_rows(engine)[0].status == "delivered")
+        [row] = outbox_rows(engine)
         assert row.ehr_response["sop_instance_uids"] == [sr_uid, sc_uid], row.ehr_response
         # The answer was lost (the worker died before recording it): the row is due again and resent.
         with writing(engine) as s:
             again = s.get(OutboxDelivery, row_id)
             again.status, again.delivered_at = "pending", None
-        assert worker.drain() == 1 and _rows(engine)[0].status == "delivered"
+        assert worker.drain() == 1 and outbox_rows(engine)[0].status == "delivered"
         assert len(pacs.by_sop_instance_uid(sr_uid)) == 1 and len(pacs.by_sop_instance_uid(sc_uid)) == 1
         stored = pydicom.dcmread(io.BytesIO(pacs.file(pacs.by_sop_instance_uid(sr_uid)[0])))
         assert stored.StudyInstanceUID == source.StudyInstanceUID and stored.SOPClassUID == SR_CLASS

@@ -30,6 +30,7 @@ from cxr_fhir.storage import migrate
 from cxr_fhir.storage.db import make_engine, writing
 from cxr_fhir.storage.image_store import ImageStore
 from support.mllp import MllpReceiver, mllp  # noqa: F401 (fixture)
+from support.outbox import drain_until, outbox_rows
 from support.reports import make_report
 
 CLI = str(Path(sys.executable).parent / "cxr-fhir")
@@ -67,25 +68,10 @@ def _worker(engine, images, receiver: MllpReceiver, policy: Policy = FAST, timeo
     return DeliveryWorker(engine, images, {Destination.RIS: sender}, policy, worker_id)
 
 
-def _rows(engine) -> list[OutboxDelivery]:
-    with Session(engine) as s:
-        return list(s.exec(select(OutboxDelivery).order_by(OutboxDelivery.created_at)).all())
-
-
-def _drain_until(worker: DeliveryWorker, engine, done, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        worker.drain()
-        if done():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not done: {[(r.status, r.attempts, r.last_error) for r in _rows(engine)]}")
-
-
 def test_aa_is_delivered_once_with_the_message_the_ris_expects(engine, images, mllp):
     [row_id] = _queued(engine, images)
     assert _worker(engine, images, mllp).drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     cid = control_id_for(row_id)
     assert (row.status, row.attempts, row.destination) == ("delivered", 1, "ris")
     assert row.ehr_response["ack"] == "AA" and row.ehr_response["control_id"] == cid
@@ -105,8 +91,8 @@ def test_ar_is_retried_with_the_same_message_then_delivered(engine, images, mllp
     [row_id] = _queued(engine, images)
     mllp.answer_with("AR", "AR", note="RIS database offline")
     worker = _worker(engine, images, mllp)
-    _drain_until(worker, engine, lambda: _rows(engine)[0].status == "delivered")
-    [row] = _rows(engine)
+    drain_until(worker, engine, lambda: outbox_rows(engine)[0].status == "delivered")
+    [row] = outbox_rows(engine)
     cid = control_id_for(row_id)
     assert row.attempts == 3 and row.last_error is None
     assert mllp.control_ids() == {cid: 3} and mllp.processed() == {cid: 1} and mllp.accepted() == {cid: 1}
@@ -121,7 +107,7 @@ def test_ae_is_dead_lettered_with_the_ris_reason_and_retried_by_hand(engine, ima
     assert worker.drain() == 1
     time.sleep(0.4)
     assert worker.drain() == 0  # a dead letter is not retried by itself
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "dead" and row.attempts == 1
     assert "HL7 AE" in row.last_error and "Unknown accession number" in row.last_error
     assert row.ehr_response == {"ack": "AE", "control_id": control_id_for(row_id), "text": "Unknown accession number"}
@@ -131,7 +117,7 @@ def test_ae_is_dead_lettered_with_the_ris_reason_and_retried_by_hand(engine, ima
     # The RIS is fixed; the operator retries (what `cxr-fhir outbox retry` and the page's button do).
     OutboxService(engine).retry(row_id, actor="test")
     assert worker.drain() == 1
-    assert _rows(engine)[0].status == "delivered" and mllp.accepted() == {control_id_for(row_id): 1}
+    assert outbox_rows(engine)[0].status == "delivered" and mllp.accepted() == {control_id_for(row_id): 1}
 
 
 def test_ar_for_an_unsupported_version_is_not_retried(engine, images, mllp):
@@ -140,7 +126,7 @@ def test_ar_for_an_unsupported_version_is_not_retried(engine, images, mllp):
     mllp.answer_with("AR", note="Version 2.5.1 not supported")
     mllp.error_code = "203"
     assert _worker(engine, images, mllp).drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert row.status == "dead" and "HL7 AR" in row.last_error and row.ehr_response["error_code"] == "203"
     assert mllp.control_ids() == {control_id_for(row_id): 1}
 
@@ -150,15 +136,15 @@ def test_wrong_control_id_and_no_answer_are_transient(engine, images, mllp):
     mllp.wrong_control_id = True
     worker = _worker(engine, images, mllp, timeout_s=0.5)
     assert worker.drain() == 1
-    row = _rows(engine)[0]
+    row = outbox_rows(engine)[0]
     assert row.status == "pending" and "acknowledged message 'WRONG-ID'" in row.last_error
     mllp.wrong_control_id, mllp.silent = False, True
     time.sleep(0.4)
     assert worker.drain() == 1
-    row = _rows(engine)[0]
+    row = outbox_rows(engine)[0]
     assert row.status == "pending" and row.attempts == 2 and "no ACK" in row.last_error
     mllp.silent = False
-    _drain_until(worker, engine, lambda: _rows(engine)[0].status == "delivered")
+    drain_until(worker, engine, lambda: outbox_rows(engine)[0].status == "delivered")
     assert mllp.processed() == {control_id_for(row_id): 1}
 
 
@@ -168,10 +154,11 @@ def test_ris_down_while_20_reports_queue_then_up_each_received_once(engine, imag
     # Back-off long enough that the first round ends before any retry is due.
     worker = _worker(engine, images, mllp, Policy(retry_base_s=3, retry_max_s=3, poll_s=0.05))
     assert worker.drain() == 20
-    assert all(r.status == "pending" and r.attempts == 1 and "network error" in r.last_error for r in _rows(engine))
+    assert all(r.status == "pending" and r.attempts == 1 and "network error" in r.last_error
+               for r in outbox_rows(engine))
     assert mllp.control_ids() == {}
     mllp.start()
-    _drain_until(worker, engine, lambda: all(r.status == "delivered" for r in _rows(engine)))
+    drain_until(worker, engine, lambda: all(r.status == "delivered" for r in outbox_rows(engine)))
     expected = {control_id_for(i): 1 for i in row_ids}
     assert len(expected) == 20
     assert mllp.control_ids() == expected and mllp.accepted() == expected
@@ -198,14 +185,14 @@ def test_worker_killed_mid_delivery_then_another_the_ris_processes_it_once(tmp_p
         os.killpg(proc.pid, signal.SIGKILL)  # ... and the worker dies waiting
         proc.wait()
     mllp.silent = False
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert (row.status, row.attempts, row.claimed_by is not None) == ("pending", 0, True)
 
     successor = _worker(engine, images, mllp, worker_id="successor")
     assert successor.drain() == 0  # the dead worker's lease still runs
     time.sleep(2.2)
     assert successor.drain() == 1
-    [row] = _rows(engine)
+    [row] = outbox_rows(engine)
     assert (row.status, row.attempts) == ("delivered", 1)
     assert mllp.control_ids() == {cid: 2}  # sent twice: unavoidable once the sender died unanswered
     assert mllp.received[0].text == mllp.received[1].text  # but the very same message
@@ -229,7 +216,7 @@ def test_result_page_shows_the_ris_line_with_its_reason_and_retry(tmp_path, mllp
     with TestClient(app=create_app(settings)) as client:
         time.sleep(0.3)  # the app's own worker has looked once (nothing due yet? it may take the row) ...
         _worker(engine, images, mllp).drain()  # ... either way the one attempt is made, and AE kills it
-        assert _rows(engine)[0].status == "dead"
+        assert outbox_rows(engine)[0].status == "dead"
         token = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
         client.post("/login", data={"username": "dr.grey", "password": "correct-horse-battery",
                                     "_csrf_token": token}, follow_redirects=False)

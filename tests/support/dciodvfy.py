@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset
 
 DCIODVFY = "/usr/bin/dciodvfy"
@@ -14,6 +15,9 @@ DCIODVFY = "/usr/bin/dciodvfy"
 
 def available() -> bool:
     return Path(DCIODVFY).exists() or shutil.which("dciodvfy") is not None
+
+
+needs_dciodvfy = pytest.mark.skipif(not available(), reason="dciodvfy (Debian dicom3tools) is not installed")
 
 
 def _run(path: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings
@@ -107,41 +108,40 @@ def _cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from ..loadtest import Config, LoadTest, LoadTestError, summary, write_json
+    from ..loadtest import Config, LoadTest, summary
 
     token = args.token or os.environ.get("CXR_LOADTEST_TOKEN")
     if not token:
         print("error: give --token or set CXR_LOADTEST_TOKEN (cxr-fhir clients create NAME --scope 'system/*.*')",
               file=sys.stderr)
         return 2
-    try:
-        test = LoadTest(Config(url=args.url, token=token, images=args.images, uploads=args.uploads,
-                               clients=args.clients, patients=args.patients, timeout_s=args.timeout,
-                               max_retries=args.max_retries), log=lambda m: print(m, flush=True))
-        figures = test.run()
-    except LoadTestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        write_json(figures, args.json)
-    print(summary(figures), flush=True)
-    return 0 if figures["ok"] else 1
+    config = Config(url=args.url, token=token, images=args.images, uploads=args.uploads, clients=args.clients,
+                    patients=args.patients, timeout_s=args.timeout, max_retries=args.max_retries)
+    return _report(lambda log: LoadTest(config, log=log).run(), args.json, summary)
 
 
 def _cmd_loadtest_dicom(args: argparse.Namespace, settings: Settings) -> int:
-    from ..loadtest import LoadTestError
-    from ..loadtest.dicom_roundtrip import RoundTripConfig, run, summary, write_json
+    from ..loadtest.dicom_roundtrip import RoundTripConfig, run, summary
 
     cfg = RoundTripConfig(orthanc_url=args.orthanc_url, orthanc_host=args.orthanc_host, orthanc_port=args.orthanc_port,
                           orthanc_ae=args.orthanc_ae, calling_ae=args.calling_ae, films=tuple(args.films),
                           count=args.count, timeout_s=args.timeout, require_sc=not args.sr_only)
+    return _report(lambda log: run(cfg, log=log), args.json, summary)
+
+
+def _report(measure: Callable[[Callable[[str], None]], dict[str, Any]], json_out: str | None,
+            summary: Callable[[dict[str, Any]], str]) -> int:
+    """A load test's ending: its figures to JSON when asked and as a table; exit 0 when nothing was
+    lost, 1 when something was, 2 when it could not run at all."""
+    from ..loadtest import LoadTestError, write_json
+
     try:
-        figures = run(cfg, log=lambda m: print(m, flush=True))
+        figures = measure(lambda m: print(m, flush=True))
     except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        write_json(figures, args.json)
+    if json_out:
+        write_json(figures, json_out)
     print(summary(figures), flush=True)
     return 0 if figures["ok"] else 1
 

@@ -16,7 +16,6 @@ Every film gets fresh Study/Series/SOP Instance UIDs, since cxr-fhir is idempote
 from __future__ import annotations
 
 import io
-import json
 import os
 import platform
 import statistics
@@ -309,7 +308,3 @@ def summary(fig: dict[str, Any]) -> str:
              *fig["errors"], "OK" if fig["ok"] else "FAILED"]
     return "\n".join(lines)
 
-
-def write_json(fig: dict[str, Any], path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(fig, indent=1) + "\n")

@@ -108,7 +108,9 @@ class PacsSender:
         if rows.report.status == ReportStatus.CANCELLED:
             raise PermanentError("the report is cancelled: nothing to send to the PACS")
         data = images.get(rows.study.content_sha256)
-        source = pydicom.dcmread(io.BytesIO(data))
+        # The header only: the builders never read its pixels (dicom/source.py copies a header), and the
+        # one image loader decodes them, once, for the Secondary Capture.
+        source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         film = imaging.load(data)
         sr = measurement_report(rows.patient, rows.study, rows.analysis, rows.report, source,
                                 not_for_diagnostic_use=self.not_for_diagnostic_use)

@@ -128,8 +128,7 @@ class AnalysisService:
 
         ``patient_id`` None: the film is DICOM and names its patient (PatientID within its
         IssuerOfPatientID, see PatientService.dicom_system), who is found or registered in the same
-        unit of work as the study; the image is
-        decoded once, here.
+        unit of work as the study; the image is decoded once, here.
 
         Idempotent on SOPInstanceUID: an instance already filed for the same patient returns that
         study (``duplicate``), before the queue, so a resend costs no analysis."""

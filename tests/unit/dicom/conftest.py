@@ -18,6 +18,7 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 from cxr_fhir.imaging import XRayImage, load
 from cxr_fhir.records.tables import Analysis, Patient, Report, Study
 from support.images import chest_like
+from support.part10 import encoded
 
 NIH_FILM = "00000003_000.png"
 
@@ -45,12 +46,6 @@ def dx_dataset(pixels: np.ndarray, *, realistic: bool) -> Dataset:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     return ds
-
-
-def encoded(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 @dataclass

@@ -13,19 +13,12 @@ from cxr_fhir.dicom.capture import secondary_capture
 from cxr_fhir.dicom.overlay import BANNER_BG, BOX_PRESENT
 from cxr_fhir.dicom.uids import object_uid
 from cxr_fhir.imaging import ImageRejected, load
-from support.dciodvfy import available, dciodvfy_errors, dciodvfy_warnings
-
-needs_dciodvfy = pytest.mark.skipif(not available(), reason="dciodvfy (Debian dicom3tools) is not installed")
+from support.dciodvfy import dciodvfy_errors, dciodvfy_warnings, needs_dciodvfy
+from support.part10 import reread
 
 
 def build(rows, source) -> pydicom.Dataset:
     return secondary_capture(rows.patient, rows.study, rows.analysis, rows.report, source.dataset, source.image)
-
-
-def reread(ds: pydicom.Dataset) -> pydicom.Dataset:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
 @needs_dciodvfy

@@ -10,16 +10,12 @@ import pytest
 
 from cxr_fhir.dicom.gsps import NOTE, presentation_state
 from cxr_fhir.dicom.uids import object_uid
-from support.dciodvfy import available, dciodvfy_errors, dciodvfy_warnings
-
-needs_dciodvfy = pytest.mark.skipif(not available(), reason="dciodvfy (Debian dicom3tools) is not installed")
+from support.dciodvfy import dciodvfy_errors, dciodvfy_warnings, needs_dciodvfy
+from support.part10 import reread
 
 
 def build(rows, source) -> pydicom.Dataset:
-    ds = presentation_state(rows.patient, rows.study, rows.analysis, rows.report, source.dataset)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    return reread(presentation_state(rows.patient, rows.study, rows.analysis, rows.report, source.dataset))
 
 
 @needs_dciodvfy

@@ -15,9 +15,8 @@ import pytest
 from cxr_fhir.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, measurement_report
 from cxr_fhir.dicom.uids import object_uid
 from cxr_fhir.domain.report import UNUSUAL_FILM
-from support.dciodvfy import available, dciodvfy_errors, dciodvfy_warnings
-
-needs_dciodvfy = pytest.mark.skipif(not available(), reason="dciodvfy (Debian dicom3tools) is not installed")
+from support.dciodvfy import dciodvfy_errors, dciodvfy_warnings, needs_dciodvfy
+from support.part10 import encoded
 
 
 def build(rows, source, **kw: Any) -> pydicom.Dataset:
@@ -27,10 +26,7 @@ def build(rows, source, **kw: Any) -> pydicom.Dataset:
 
 def reread(ds: pydicom.Dataset) -> hd.sr.Comprehensive3DSR:
     """Through bytes, as the PACS would store and serve it, then highdicom's SR reader."""
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    buf.seek(0)
-    sr = hd.sr.srread(buf)
+    sr = hd.sr.srread(io.BytesIO(encoded(ds)))
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
     return sr
 
